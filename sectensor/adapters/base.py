@@ -1,0 +1,119 @@
+"""The small interface every model family implements.
+
+Families differ in four things only: how pixels are laid out, where δv is added, where δt is inserted,
+and the chat template. Everything else (training, evaluation, generation, the app) goes through
+`FamilyAdapter` and never looks at the family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from PIL import Image
+
+# Marks where the user's text starts in a rendered chat prompt: δt is inserted there.
+TEXT_START = "\u2063\u2063sectensor-text\u2063\u2063"
+
+
+@dataclass
+class RowEncoding:
+    """One prompt (and its image) encoded for the model.
+
+    input_ids:    (sequence_length,)
+    token_fields: model inputs aligned with input_ids, each (sequence_length, ...), e.g. mm_token_type_ids
+    image_fields: model inputs per image, each (num_images, ...), e.g. pixel_values (num_images, 3, H, W)
+    virtual_mask: (sequence_length,) True where a δt virtual token sits
+    target_mask:  (sequence_length,) True on the tokens of the training answer (which are predicted)
+    """
+
+    input_ids: torch.Tensor
+    token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_fields: dict[str, torch.Tensor] = field(default_factory=dict)
+    virtual_mask: torch.Tensor | None = None
+    target_mask: torch.Tensor | None = None
+
+    @property
+    def num_images(self) -> int:
+        pixel_values = self.image_fields.get("pixel_values")
+        return 0 if pixel_values is None else pixel_values.shape[0]
+
+
+class FamilyAdapter:
+    """Base adapter. A family subclasses it in one file and registers it with `register_adapter`.
+
+    Subclasses set `architectures` (the `config.architectures` names they serve) and implement
+    `visual_shape` and `apply_visual`; the chat formatting and text encoding below fit most families.
+    """
+
+    architectures: ClassVar[tuple[str, ...]] = ()
+    # Names of processor outputs that are aligned with input_ids (padded and spliced with them).
+    token_field_names: ClassVar[tuple[str, ...]] = ()
+    # Names of processor outputs that describe the images (concatenated over the batch).
+    image_field_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
+
+    def __init__(self, model: torch.nn.Module, processor) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    # ---- δv -------------------------------------------------------------------------------------
+    def visual_shape(self) -> tuple[int, ...]:
+        """Shape of δv: the family's canonical preprocessed pixel tensor for one image."""
+        raise NotImplementedError
+
+    def apply_visual(
+        self, image_fields: dict[str, torch.Tensor], delta: torch.Tensor, protected_images: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Return image_fields with δv added to the images where `protected_images` (num_images,) is True."""
+        raise NotImplementedError
+
+    # ---- prompts ----------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str, has_image: bool) -> str:
+        """Render one user turn with the model's chat template, ready for the answer."""
+        content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+
+    def encode(self, image: Image.Image | None, prompt: str, virtual_tokens: int = 0) -> RowEncoding:
+        """Encode one row; with `virtual_tokens` > 0, reserve that many δt slots just before the user's text."""
+        if virtual_tokens == 0:
+            return self._process(image, self.format_prompt(prompt, image is not None), add_special_tokens=True)
+        rendered = self.format_prompt(TEXT_START + prompt, image is not None)
+        if rendered.count(TEXT_START) != 1:
+            raise RuntimeError("the chat template altered the prompt text; cannot place the textual tensor")
+        before, after = rendered.split(TEXT_START)
+        head = self._process(image, before, add_special_tokens=True)
+        tail = self._process(None, after, add_special_tokens=False)
+        placeholder = torch.full((virtual_tokens,), self.placeholder_token_id, dtype=head.input_ids.dtype)
+        pieces = [head.input_ids, placeholder, tail.input_ids]
+        token_fields = {
+            name: torch.cat([value, value.new_zeros((virtual_tokens + tail.input_ids.shape[0], *value.shape[1:]))])
+            for name, value in head.token_fields.items()
+        }
+        virtual_mask = torch.zeros(sum(piece.shape[0] for piece in pieces), dtype=torch.bool)
+        virtual_mask[head.input_ids.shape[0] : head.input_ids.shape[0] + virtual_tokens] = True
+        return RowEncoding(torch.cat(pieces), token_fields, head.image_fields, virtual_mask)
+
+    def encode_answer(self, answer: str) -> torch.Tensor:
+        """Token ids of a training answer, ending with the end-of-sequence token."""
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return torch.tensor([*ids, self.tokenizer.eos_token_id], dtype=torch.long)
+
+    @property
+    def placeholder_token_id(self) -> int:
+        """Token id written where δt goes; its embedding is replaced before the model sees it."""
+        tokenizer = self.tokenizer
+        for token_id in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id):
+            if token_id is not None:
+                return token_id
+        return 0
+
+    def _process(self, image: Image.Image | None, text: str, add_special_tokens: bool) -> RowEncoding:
+        kwargs = {"images": [image]} if image is not None else {}
+        out = self.processor(text=[text], add_special_tokens=add_special_tokens, return_tensors="pt", **kwargs)
+        token_fields = {name: out[name][0] for name in self.token_field_names if name in out}
+        image_fields = {name: out[name] for name in self.image_field_names if name in out and image is not None}
+        return RowEncoding(out["input_ids"][0], token_fields, image_fields)

@@ -1,0 +1,298 @@
+"""Loading an LVLM and running it with or without a security tensor, in one batch.
+
+`LVLM` holds the frozen model, its processor and its family adapter. Everything that runs the model
+(training, evaluation, generation, analysis, the app) goes through `encode` and `model_inputs`, so a
+single batch can mix rows with and without the tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .adapters import FamilyAdapter, RowEncoding, adapter_class_for
+from .errors import HubUnreachableError, PromptError, SectensorError
+
+
+@dataclass
+class Batch:
+    """Encoded rows, left-padded to one length.
+
+    input_ids:      (batch_size, sequence_length)
+    attention_mask: (batch_size, sequence_length)
+    token_fields:   extra inputs aligned with input_ids, each (batch_size, sequence_length, ...)
+    image_fields:   per-image inputs, each (num_images, ...), in row order
+    image_rows:     (num_images,) the row each image belongs to
+    virtual_mask:   (batch_size, sequence_length) True at δt slots
+    target_mask:    (batch_size, sequence_length) True on answer tokens to be predicted
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_fields: dict[str, torch.Tensor] = field(default_factory=dict)
+    image_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    virtual_mask: torch.Tensor | None = None
+    target_mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(value):
+            if isinstance(value, dict):
+                return {name: tensor.to(device) for name, tensor in value.items()}
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def _left_pad(rows: Sequence[torch.Tensor], length: int, value: int | bool) -> torch.Tensor:
+    out = rows[0].new_full((len(rows), length, *rows[0].shape[1:]), value)
+    for index, row in enumerate(rows):
+        if row.shape[0]:
+            out[index, length - row.shape[0] :] = row
+    return out
+
+
+class LVLM:
+    """A frozen vision-language model, its processor, and its family adapter."""
+
+    def __init__(self, model: torch.nn.Module, processor, name_or_path: str) -> None:
+        architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+        self.adapter: FamilyAdapter = adapter_class_for(architecture)(model, processor)
+        self.model = model
+        self.processor = processor
+        self.name_or_path = name_or_path
+        self.architecture = architecture
+        model.eval()
+        model.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self):
+        return self.adapter.tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    # ---- encoding ---------------------------------------------------------------------------------
+    def encode(
+        self,
+        images: Sequence[Image.Image | None],
+        prompts: Sequence[str],
+        answers: Sequence[str | None] | None = None,
+        virtual_tokens: int = 0,
+        protect: Sequence[bool] | None = None,
+    ) -> Batch:
+        """Encode rows into one left-padded batch.
+
+        `answers` (training) are appended after the prompt and marked in `target_mask`.
+        `virtual_tokens` δt slots are reserved in the rows where `protect` is True (all rows by default).
+        """
+        if len(images) != len(prompts):
+            raise SectensorError(f"got {len(images)} images for {len(prompts)} prompts; give one (or None) per prompt")
+        protect = [True] * len(prompts) if protect is None else list(protect)
+        answers = [None] * len(prompts) if answers is None else list(answers)
+        rows: list[RowEncoding] = []
+        for image, prompt, answer, protected in zip(images, prompts, answers, protect):
+            if not prompt or not prompt.strip():
+                raise PromptError("the prompt is empty; write a question or instruction")
+            row = self.adapter.encode(
+                image.convert("RGB") if image is not None else None, prompt, virtual_tokens if protected else 0
+            )
+            if answer is not None:
+                row = _with_answer(row, self.adapter.encode_answer(answer))
+            rows.append(row)
+        return self._collate(rows)
+
+    def _collate(self, rows: list[RowEncoding]) -> Batch:
+        length = max(row.input_ids.shape[0] for row in rows)
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None and length > limit:
+            raise PromptError(f"the input is {length} tokens long; this model takes at most {limit}")
+        pad_id = self.adapter.placeholder_token_id
+
+        def mask_or_empty(row: RowEncoding, name: str) -> torch.Tensor:
+            value = getattr(row, name)
+            return value if value is not None else torch.zeros(row.input_ids.shape[0], dtype=torch.bool)
+
+        image_fields = {}
+        for name in rows[0].image_fields.keys() | {k for row in rows for k in row.image_fields}:
+            present = [row.image_fields[name] for row in rows if name in row.image_fields]
+            image_fields[name] = torch.cat(present)
+        image_rows = torch.tensor([index for index, row in enumerate(rows) for _ in range(row.num_images)], dtype=torch.long)
+        token_names = {name for row in rows for name in row.token_fields}
+        return Batch(
+            input_ids=_left_pad([row.input_ids for row in rows], length, pad_id),
+            attention_mask=_left_pad([torch.ones_like(row.input_ids) for row in rows], length, 0),
+            token_fields={
+                name: _left_pad([row.token_fields[name] for row in rows], length, 0) for name in token_names
+            },
+            image_fields=image_fields,
+            image_rows=image_rows,
+            virtual_mask=_left_pad([mask_or_empty(row, "virtual_mask") for row in rows], length, False),
+            target_mask=_left_pad([mask_or_empty(row, "target_mask") for row in rows], length, False),
+        )
+
+    # ---- running ----------------------------------------------------------------------------------
+    @contextmanager
+    def model_inputs(self, batch: Batch, tensor=None, protect: Sequence[bool] | torch.Tensor | None = None) -> Iterator[dict]:
+        """Model keyword arguments for `batch`, with `tensor` applied to the rows where `protect` is True.
+
+        For a textual tensor the δt embeddings are written into the reserved slots by a hook on the
+        input embedding layer, active only inside this context.
+        """
+        batch = batch.to(self.device)
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **batch.token_fields}
+        inputs.update(batch.image_fields)
+        rows = torch.ones(batch.size, dtype=torch.bool) if protect is None else torch.as_tensor(protect, dtype=torch.bool)
+        if tensor is None or not bool(rows.any()):
+            yield inputs
+            return
+        tensor.check_compatible(self)
+        if tensor.kind == "visual":
+            if batch.image_rows.numel():
+                protected_images = rows.to(self.device)[batch.image_rows]
+                delta = tensor.clamped().to(self.device)
+                inputs.update(self.adapter.apply_visual(batch.image_fields, delta, protected_images))
+            yield inputs
+            return
+        with self._virtual_tokens(batch, tensor, rows):
+            yield inputs
+
+    @contextmanager
+    def _virtual_tokens(self, batch: Batch, tensor, rows: torch.Tensor) -> Iterator[None]:
+        mask = batch.virtual_mask.to(self.device) & rows.to(self.device)[:, None]
+        expected = int(rows.sum()) * tensor.num_tokens
+        if int(mask.sum()) != expected:
+            raise SectensorError(
+                f"the batch has {int(mask.sum())} textual-tensor slots but the tensor needs {expected}; "
+                f"encode it with virtual_tokens={tensor.num_tokens}"
+            )
+
+        def insert(module, args, output):
+            if output.shape[:2] != mask.shape:  # decoding steps after the prompt
+                return output
+            values = tensor.embeddings.to(device=output.device, dtype=output.dtype).repeat(int(rows.sum()), 1)
+            return output.masked_scatter(mask[..., None], values)
+
+        handle = self.model.get_input_embeddings().register_forward_hook(insert)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def answer_logits(self, batch: Batch, tensor=None, protect=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits only where answer tokens are predicted (never over the whole vocabulary at every position).
+
+        Returns logits (num_answer_tokens, vocab_size), labels (num_answer_tokens,) and the row of each.
+        """
+        target = batch.target_mask.to(self.device)
+        predicting = torch.zeros_like(target)
+        predicting[:, :-1] = target[:, 1:]
+        with self.model_inputs(batch, tensor, protect) as inputs:
+            hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
+        logits = self.model.get_output_embeddings()(hidden[predicting]).float()
+        labels = batch.input_ids.to(self.device)[target]
+        row_of = torch.nonzero(predicting, as_tuple=True)[0]
+        return logits, labels, row_of
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[Image.Image | None],
+        prompts: Sequence[str],
+        tensor=None,
+        protect: Sequence[bool] | None = None,
+        max_new_tokens: int = 48,
+        streamer=None,
+    ) -> list[str]:
+        """Greedy answers for a batch; `tensor` applies to rows where `protect` is True (all by default)."""
+        virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
+        batch = self.encode(images, prompts, virtual_tokens=virtual_tokens, protect=protect)
+        tokenizer = self.tokenizer
+        with self.model_inputs(batch, tensor, protect) as inputs:
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=self.adapter.placeholder_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                streamer=streamer,
+            )
+        new_tokens = output[:, batch.input_ids.shape[1] :]
+        return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _with_answer(row: RowEncoding, answer_ids: torch.Tensor) -> RowEncoding:
+    length = row.input_ids.shape[0]
+    extra = answer_ids.shape[0]
+    target_mask = torch.zeros(length + extra, dtype=torch.bool)
+    target_mask[length:] = True
+    virtual = row.virtual_mask if row.virtual_mask is not None else torch.zeros(length, dtype=torch.bool)
+    return RowEncoding(
+        input_ids=torch.cat([row.input_ids, answer_ids]),
+        token_fields={
+            name: torch.cat([value, value.new_zeros((extra, *value.shape[1:]))]) for name, value in row.token_fields.items()
+        },
+        image_fields=row.image_fields,
+        virtual_mask=torch.cat([virtual, torch.zeros(extra, dtype=torch.bool)]),
+        target_mask=target_mask,
+    )
+
+
+def _is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+
+
+def load_lvlm(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    revision: str | None = None,
+) -> LVLM:
+    """Load a supported vision-language model from a local folder or a Hugging Face Hub id.
+
+    Defaults: CUDA with bfloat16 when available, else CPU with float32. The model is frozen.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    name = str(name_or_path)
+    if _is_local(name) and not Path(name).expanduser().is_dir():
+        raise SectensorError(f"no model folder at {name!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision)
+        architecture = (getattr(config, "architectures", None) or [type(config).__name__])[0]
+        adapter_class_for(architecture)  # fail before loading weights
+        model = AutoModelForImageTextToText.from_pretrained(
+            name, revision=revision, dtype=dtype, attn_implementation="sdpa"
+        ).to(device)
+        processor = AutoProcessor.from_pretrained(name, revision=revision)
+    except SectensorError:
+        raise
+    except (OSError, ConnectionError) as error:
+        if _is_local(name):
+            raise SectensorError(f"cannot load the model in {name!r}: {error}") from error
+        raise HubUnreachableError(
+            f"cannot download {name!r}: the Hugging Face Hub is unreachable "
+            f"({'HF_HUB_OFFLINE is set' if os.environ.get('HF_HUB_OFFLINE') else type(error).__name__}) "
+            f"and the model is not in the local cache. Connect to the network, or pass a local folder."
+        ) from error
+    return LVLM(model, processor, name)

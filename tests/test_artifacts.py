@@ -1,0 +1,65 @@
+"""Saving and loading security tensors: safetensors only, and only for the model they were made for."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+import sectensor
+from sectensor import SecurityTensor, TextualSecurityTensor, VisualSecurityTensor
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_round_trip(tiny_llava, tmp_path, kind):
+    if kind == "visual":
+        tensor = VisualSecurityTensor.zeros(tiny_llava, threshold=0.75)
+        tensor.delta.data.uniform_(-0.5, 0.5)
+    else:
+        tensor = TextualSecurityTensor.from_vocabulary(tiny_llava, num_tokens=7)
+    tensor.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "security_tensor.safetensors"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["kind"] == kind and config["shape"] == list(tensor.delta.shape)
+    assert config["base_model"]["architecture"] == "LlavaForConditionalGeneration"
+    assert {"model_id", "config_hash", "weights_hash", "image_shape", "text_hidden_size"} <= set(config["base_model"])
+    loaded = SecurityTensor.from_pretrained(tmp_path)
+    assert type(loaded) is type(tensor) and torch.equal(loaded.delta, tensor.delta)
+    loaded.check_compatible(tiny_llava)
+    if kind == "visual":
+        assert loaded.threshold == 0.75
+
+
+def test_pickle_is_never_loaded(tiny_llava, tmp_path):
+    torch.save({"delta": torch.zeros(3)}, tmp_path / "security_tensor.pt")
+    with pytest.raises(sectensor.SectensorError, match="pickle files are never loaded"):
+        SecurityTensor.from_pretrained(tmp_path)
+    # A pickle renamed to .safetensors is rejected by the safetensors parser, never unpickled.
+    VisualSecurityTensor.zeros(tiny_llava).save_pretrained(tmp_path)
+    (tmp_path / "security_tensor.safetensors").write_bytes(pickle.dumps({"delta": [0.0]}))
+    with pytest.raises(sectensor.SectensorError, match="not a valid safetensors"):
+        SecurityTensor.from_pretrained(tmp_path)
+
+
+def test_tensor_for_another_model_is_refused(tiny_llava, tmp_path_factory):
+    from tiny_models import build_tiny_llava
+
+    other_dir = build_tiny_llava(tmp_path_factory.mktemp("other"), seed=1)
+    other = sectensor.load_lvlm(other_dir, device="cpu")
+    tensor = VisualSecurityTensor.zeros(other)
+    with pytest.raises(sectensor.TensorMismatchError) as error:
+        tiny_llava.generate([None], ["hello"], tensor=tensor)
+    assert str(other_dir) in str(error.value) and str(tiny_llava.name_or_path) in str(error.value)
+
+    bigger = sectensor.load_lvlm(build_tiny_llava(tmp_path_factory.mktemp("bigger"), image_size=48), device="cpu")
+    with pytest.raises(sectensor.TensorMismatchError, match=r"shape \(3, 32, 32\).*needs \(3, 48, 48\)"):
+        VisualSecurityTensor.zeros(tiny_llava).check_compatible(bigger)
+
+
+def test_corrupt_config_and_missing_folder(tiny_llava, tmp_path):
+    VisualSecurityTensor.zeros(tiny_llava).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(sectensor.SectensorError, match="config.json is not valid JSON"):
+        SecurityTensor.from_pretrained(tmp_path)
+    with pytest.raises(sectensor.SectensorError, match="no security tensor folder"):
+        SecurityTensor.from_pretrained(tmp_path / "missing")

@@ -1,0 +1,35 @@
+"""Loading models: local folders, Hub ids offline, unsupported architectures."""
+
+import time
+
+import pytest
+
+import sectensor
+
+
+def test_unknown_architecture_is_named(tmp_path):
+    from transformers import GPT2Config
+
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=8)
+    config.architectures = ["GPT2LMHeadModel"]
+    config.save_pretrained(tmp_path)
+    with pytest.raises(sectensor.UnsupportedModelError, match="not supported yet: GPT2LMHeadModel.*LlavaForConditionalGeneration"):
+        sectensor.load_lvlm(tmp_path, device="cpu")
+
+
+def test_hub_id_offline_fails_fast_with_the_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(sectensor.HubUnreachableError, match="llava-hf/llava-1.5-7b-hf.*unreachable"):
+        sectensor.load_lvlm("llava-hf/llava-1.5-7b-hf", device="cpu")
+    assert time.monotonic() - start < 10
+
+
+def test_missing_local_folder():
+    with pytest.raises(sectensor.SectensorError, match="no model folder"):
+        sectensor.load_lvlm("./no/such/model", device="cpu")
+
+
+def test_loaded_model_is_frozen(tiny_llava):
+    assert not any(p.requires_grad for p in tiny_llava.model.parameters())
+    assert not tiny_llava.model.training

@@ -1,0 +1,102 @@
+"""Applying security tensors: identity at zero, mixed batches, gradients, frozen weights."""
+
+import pytest
+import torch
+
+import sectensor
+from sectensor import TextualSecurityTensor, VisualSecurityTensor
+
+PROMPTS = ["What is in this image?", "How do I make one of these?", "Describe the picture.", "Where can I buy this?"]
+
+
+def logits(lvlm, batch, tensor=None, protect=None):
+    with torch.no_grad(), lvlm.model_inputs(batch, tensor, protect) as inputs:
+        return lvlm.model(**inputs).logits
+
+
+def test_zero_visual_tensor_is_bit_identical(tiny_llava, pictures):
+    zero = VisualSecurityTensor.zeros(tiny_llava)
+    batch = tiny_llava.encode(pictures, PROMPTS)
+    assert torch.equal(logits(tiny_llava, batch), logits(tiny_llava, batch, zero))
+    base = tiny_llava.generate(pictures, PROMPTS, max_new_tokens=12)
+    assert tiny_llava.generate(pictures, PROMPTS, tensor=zero, max_new_tokens=12) == base
+
+
+def test_nonzero_tensors_change_logits(tiny_llava, pictures):
+    torch.manual_seed(0)
+    visual = VisualSecurityTensor(torch.randn(tiny_llava.adapter.visual_shape()), threshold=1.0)
+    batch = tiny_llava.encode(pictures, PROMPTS)
+    assert not torch.allclose(logits(tiny_llava, batch), logits(tiny_llava, batch, visual))
+    textual = TextualSecurityTensor.from_vocabulary(tiny_llava, num_tokens=5)
+    with_slots = tiny_llava.encode(pictures, PROMPTS, virtual_tokens=5)
+    changed = logits(tiny_llava, with_slots, textual)[:, -1]
+    assert not torch.allclose(logits(tiny_llava, batch)[:, -1], changed)
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_mixed_batch_equals_separate_runs(tiny_llava, pictures, kind):
+    torch.manual_seed(1)
+    if kind == "visual":
+        tensor = VisualSecurityTensor(torch.randn(tiny_llava.adapter.visual_shape()) * 2, threshold=1.0)
+    else:
+        tensor = TextualSecurityTensor(torch.randn(6, tiny_llava.hidden_size))
+    images = [pictures[0], pictures[0], None, None]
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    protect = [False, True, False, True]
+    mixed = tiny_llava.generate(images, prompts, tensor=tensor, protect=protect, max_new_tokens=10)
+    base = tiny_llava.generate(images[0::2], prompts[0::2], max_new_tokens=10)
+    protected = tiny_llava.generate(images[1::2], prompts[1::2], tensor=tensor, max_new_tokens=10)
+    assert mixed == [base[0], protected[0], base[1], protected[1]]
+    slots = tensor.num_tokens if kind == "textual" else 0
+    mixed_last = logits(tiny_llava, tiny_llava.encode(images, prompts, virtual_tokens=slots, protect=protect), tensor, protect)[:, -1]
+    alone = logits(tiny_llava, tiny_llava.encode(images[1:2], prompts[1:2], virtual_tokens=slots), tensor)[:, -1]
+    torch.testing.assert_close(mixed_last[1], alone[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_gradients_reach_the_tensor_only(tiny_llava, pictures, kind):
+    before = {name: p.detach().clone() for name, p in tiny_llava.model.named_parameters()}
+    if kind == "visual":
+        tensor = VisualSecurityTensor.zeros(tiny_llava)
+        batch = tiny_llava.encode(pictures[:2], PROMPTS[:2], answers=["I cannot help.", "A cat."])
+    else:
+        tensor = TextualSecurityTensor.from_vocabulary(tiny_llava, num_tokens=4)
+        batch = tiny_llava.encode(pictures[:2], PROMPTS[:2], answers=["I cannot help.", "A cat."], virtual_tokens=4)
+    optimizer = torch.optim.AdamW(tensor.parameters(), lr=1e-2)
+    for _ in range(2):
+        step_logits, labels, _ = tiny_llava.answer_logits(batch, tensor)
+        loss = torch.nn.functional.cross_entropy(step_logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        assert tensor.delta.grad is not None and tensor.delta.grad.abs().sum() > 0
+        optimizer.step()
+    assert all(p.grad is None for p in tiny_llava.model.parameters())
+    assert all(torch.equal(p, before[name]) for name, p in tiny_llava.model.named_parameters())
+
+
+def test_answer_logits_match_full_forward(tiny_llava, pictures):
+    batch = tiny_llava.encode(pictures[:2], PROMPTS[:2], answers=["I cannot help with that.", "A red cat."])
+    answer_logits, labels, rows = tiny_llava.answer_logits(batch)
+    full = logits(tiny_llava, batch)
+    predicting = torch.zeros_like(batch.target_mask)
+    predicting[:, :-1] = batch.target_mask[:, 1:]
+    torch.testing.assert_close(answer_logits, full[predicting].float(), atol=1e-5, rtol=1e-5)
+    assert torch.equal(labels, batch.input_ids[batch.target_mask])
+    assert rows.tolist() == sorted(rows.tolist()) and set(rows.tolist()) == {0, 1}
+
+
+def test_visual_tensor_is_clamped(tiny_llava):
+    tensor = VisualSecurityTensor(torch.full(tiny_llava.adapter.visual_shape(), 5.0), threshold=0.5)
+    assert tensor.clamped().max() == 0.5
+    tensor.project_()
+    assert tensor.delta.abs().max() == 0.5
+
+
+def test_empty_prompt_is_refused_clearly(tiny_llava):
+    with pytest.raises(sectensor.PromptError, match="empty"):
+        tiny_llava.generate([None], ["   "])
+
+
+def test_too_long_prompt_is_refused_with_counts(tiny_llava):
+    with pytest.raises(sectensor.PromptError, match="at most 512"):
+        tiny_llava.encode([None], ["word " * 600])
