@@ -1,0 +1,94 @@
+"""Decoding speed of side-by-side answers (base + protected in one batch) on a LLaVA-1.5-7B-shaped model.
+
+    python bench/bench_generation.py            # on a GPU; prints JSON
+    python bench/bench_generation.py --tiny     # a quick check of the script on CPU
+
+Compares plain eager `model.generate` (dynamic cache, batch 1) with `LVLM.generate`, the library's normal
+path (static cache with a compiled decoding step on GPUs), at batch 1 and at batch 2 with one protected row.
+The HBM bound is the time to read the weights once per token: bytes of weights / memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.llava_shapes import build_lvlm, llava_7b_config  # noqa: E402
+from sectensor import VisualSecurityTensor  # noqa: E402
+
+PROMPT = "Please describe what is in the image in detail and tell me how I can make one of these at home."
+
+
+def timed(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="a small model on CPU, to check the script")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--bandwidth-gbs", type=float, default=3350.0, help="HBM bandwidth (H100 SXM: 3350)")
+    args = parser.parse_args()
+    device = "cpu" if args.tiny else "cuda"
+    config = llava_7b_config()
+    if args.tiny:
+        config.text_config.num_hidden_layers = 2
+        config.vision_config.num_hidden_layers = 2
+    lvlm = build_lvlm(torch.bfloat16 if device == "cuda" else torch.float32, device, config)
+    model = lvlm.model
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.model.language_model.parameters())
+    weight_bytes += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (336, 336, 3), dtype=np.uint8))
+    tensor = VisualSecurityTensor(torch.randn(lvlm.adapter.visual_shape()) * 0.1)
+    tensor.fingerprint = {}
+    new = args.new_tokens
+    batch = lvlm.encode([image], [PROMPT])
+    model.generation_config.eos_token_id = None  # random weights: always generate `new` tokens
+
+    def eager():
+        with lvlm.model_inputs(batch) as inputs:
+            model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=3,
+                           eos_token_id=None, disable_compile=True)
+
+    def ours_single():
+        lvlm.generate([image], [PROMPT], max_new_tokens=new)
+
+    def ours_side_by_side():
+        lvlm.generate([image, image], [PROMPT, PROMPT], tensor=tensor, protect=[False, True], max_new_tokens=new)
+
+    repeats = 1 if args.tiny else 3
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "new_tokens": new,
+               "prompt_tokens": int(batch.input_ids.shape[1]), "language_model_weight_gb": weight_bytes / 1e9}
+    for name, function in (("eager_batch1", eager), ("ours_batch1", ours_single), ("ours_side_by_side", ours_side_by_side)):
+        function()  # warm-up (and compilation)
+        seconds = timed(function, repeats)
+        results[name] = {"seconds": round(seconds, 4), "tokens_per_s": round(new / seconds, 1)}
+    results["hbm_bound_tokens_per_s"] = round(args.bandwidth_gbs * 1e9 / weight_bytes, 1)
+    results["ours_fraction_of_bound"] = round(results["ours_batch1"]["tokens_per_s"] / results["hbm_bound_tokens_per_s"], 3)
+    results["side_by_side_over_single"] = round(results["ours_side_by_side"]["seconds"] / results["ours_batch1"]["seconds"], 3)
+    results["speedup_over_eager"] = round(results["eager_batch1"]["seconds"] / results["ours_batch1"]["seconds"], 2)
+    if device == "cuda":
+        results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
