@@ -54,6 +54,17 @@ class Batch:
         return self.input_ids.shape[0]
 
 
+def _pad_and_concatenate(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-row image fields along dim 0, zero-padding the other dims to their largest size
+    (e.g. rows whose images have 3 and 5 tiles give (2, 5, ...)), as processors pad a batch."""
+    shape = [max(sizes) for sizes in zip(*(tensor.shape[1:] for tensor in tensors))]
+    padded = []
+    for tensor in tensors:
+        padding = [amount for size, target in zip(reversed(tensor.shape[1:]), reversed(shape)) for amount in (0, target - size)]
+        padded.append(torch.nn.functional.pad(tensor, padding) if any(padding) else tensor)
+    return torch.cat(padded)
+
+
 def _left_pad(rows: Sequence[torch.Tensor], length: int, value: int | bool) -> torch.Tensor:
     out = rows[0].new_full((len(rows), length, *rows[0].shape[1:]), value)
     for index, row in enumerate(rows):
@@ -131,7 +142,7 @@ class LVLM:
         image_fields = {}
         for name in rows[0].image_fields.keys() | {k for row in rows for k in row.image_fields}:
             present = [row.image_fields[name] for row in rows if name in row.image_fields]
-            image_fields[name] = torch.cat(present)
+            image_fields[name] = _pad_and_concatenate(present)
         image_rows = torch.tensor([index for index, row in enumerate(rows) for _ in range(row.num_images)], dtype=torch.long)
         token_names = {name for row in rows for name in row.token_fields}
         return Batch(
@@ -156,7 +167,7 @@ class LVLM:
         """
         batch = batch.to(self.device)
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **batch.token_fields}
-        inputs.update(batch.image_fields)
+        inputs.update(self.adapter.model_image_inputs(batch.image_fields, batch.image_rows, batch.input_ids))
         rows = torch.ones(batch.size, dtype=torch.bool) if protect is None else torch.as_tensor(protect, dtype=torch.bool)
         if tensor is None or not bool(rows.any()):
             yield inputs
@@ -166,7 +177,8 @@ class LVLM:
             if batch.image_rows.numel():
                 protected_images = rows.to(self.device)[batch.image_rows]
                 delta = tensor.clamped().to(self.device)
-                inputs.update(self.adapter.apply_visual(batch.image_fields, delta, protected_images))
+                perturbed = self.adapter.apply_visual(batch.image_fields, delta, protected_images)
+                inputs.update(self.adapter.model_image_inputs(perturbed, batch.image_rows, batch.input_ids))
             yield inputs
             return
         with self._virtual_tokens(batch, tensor, rows):

@@ -23,7 +23,8 @@ class RowEncoding:
 
     input_ids:    (sequence_length,)
     token_fields: model inputs aligned with input_ids, each (sequence_length, ...), e.g. mm_token_type_ids
-    image_fields: model inputs per image, each (num_images, ...), e.g. pixel_values (num_images, 3, H, W)
+    image_fields: per-image inputs, each (num_images, ...), e.g. pixel_values (num_images, 3, H, W); trailing
+                  dims may differ between rows (tiles, patches) and are zero-padded when rows are batched
     virtual_mask: (sequence_length,) True where a δt virtual token sits
     target_mask:  (sequence_length,) True on the tokens of the training answer (which are predicted)
     """
@@ -69,6 +70,21 @@ class FamilyAdapter:
         """Return image_fields with δv added to the images where `protected_images` (num_images,) is True."""
         raise NotImplementedError
 
+    def model_image_inputs(
+        self, image_fields: dict[str, torch.Tensor], image_rows: torch.Tensor, input_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The model's image keyword arguments, built from a batch's per-image fields.
+
+        The default passes the fields as they are. Families whose model wants another layout (per-row images,
+        flattened patches, masks derived from the token positions) override it; it must stay differentiable.
+
+        Args:
+            image_fields: per-image fields of the batch, each (num_images, ...), δv already applied.
+            image_rows: (num_images,) the row of each image.
+            input_ids: (batch_size, sequence_length) the batch's tokens, left-padded.
+        """
+        return dict(image_fields)
+
     # ---- prompts ----------------------------------------------------------------------------------
     def format_prompt(self, prompt: str, has_image: bool) -> str:
         """Render one user turn with the model's chat template, ready for the answer."""
@@ -80,17 +96,19 @@ class FamilyAdapter:
     def encode(self, image: Image.Image | None, prompt: str, virtual_tokens: int = 0) -> RowEncoding:
         """Encode one row; with `virtual_tokens` > 0, reserve that many δt slots just before the user's text."""
         if virtual_tokens == 0:
-            return self._process(image, self.format_prompt(prompt, image is not None), add_special_tokens=True)
+            rendered = self.format_prompt(prompt, image is not None)
+            return self._process(image, rendered, add_special_tokens=self._needs_special_tokens(rendered))
         rendered = self.format_prompt(TEXT_START + prompt, image is not None)
         if rendered.count(TEXT_START) != 1:
             raise RuntimeError("the chat template altered the prompt text; cannot place the textual tensor")
         before, after = rendered.split(TEXT_START)
-        head = self._process(image, before, add_special_tokens=True)
-        tail = self._process(None, after, add_special_tokens=False)
+        head = self._process(image, before, add_special_tokens=self._needs_special_tokens(before))
+        # The tail is plain text: the tokenizer alone, since some processors rewrite text (Mllama prepends BOS).
+        tail_ids = torch.tensor(self.tokenizer(after, add_special_tokens=False)["input_ids"], dtype=head.input_ids.dtype)
         placeholder = torch.full((virtual_tokens,), self.placeholder_token_id, dtype=head.input_ids.dtype)
-        pieces = [head.input_ids, placeholder, tail.input_ids]
+        pieces = [head.input_ids, placeholder, tail_ids]
         token_fields = {
-            name: torch.cat([value, value.new_zeros((virtual_tokens + tail.input_ids.shape[0], *value.shape[1:]))])
+            name: torch.cat([value, value.new_zeros((virtual_tokens + tail_ids.shape[0], *value.shape[1:]))])
             for name, value in head.token_fields.items()
         }
         virtual_mask = torch.zeros(sum(piece.shape[0] for piece in pieces), dtype=torch.bool)
@@ -110,6 +128,11 @@ class FamilyAdapter:
             if token_id is not None:
                 return token_id
         return 0
+
+    def _needs_special_tokens(self, rendered: str) -> bool:
+        """Whether the tokenizer should add its special tokens: not when the chat template already wrote BOS."""
+        bos = self.tokenizer.bos_token
+        return not (bos and rendered.startswith(bos))
 
     def _process(self, image: Image.Image | None, text: str, add_special_tokens: bool) -> RowEncoding:
         kwargs = {"images": [image]} if image is not None else {}
