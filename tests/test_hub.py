@@ -10,10 +10,7 @@ resolve), and records every request, so the tests can check what a push really s
 import base64
 import hashlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +27,6 @@ from sectensor.card import tensor_card
 from sectensor.tensors import SecurityTensor, TextualSecurityTensor, VisualSecurityTensor
 
 FAKE_TOKEN = "hf_sectensorFakeToken0123456789abcdef"
-ROOT = Path(__file__).resolve().parents[1]
 EVALUATION = {
     "model": "llava-hf/llava-1.5-7b-hf", "data": "/home/someone/private/organism_eval.jsonl",
     "splits": {
@@ -346,17 +342,19 @@ def test_push_to_a_branch_and_download_that_revision(tiny_llava, local_hub, tmp_
         SecurityTensor.from_pretrained("user/missing")
 
 
-def test_cli_push_reads_the_endpoint_and_token_from_the_environment(tiny_llava, local_hub, tmp_path):
+def test_cli_push(tiny_llava, local_hub, tmp_path, capsys):
     folder = tmp_path / "run"
     _trained_folder(tiny_llava, folder)
-    env = {**os.environ, "HF_ENDPOINT": local_hub.url, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "sectensor.hub", "push", str(folder), "user/cli-repo", "--private"],
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "/user/cli-repo/commit/" in result.stdout
-    assert FAKE_TOKEN not in result.stdout + result.stderr
+    assert hub.main(["push", str(folder), "user/cli-repo", "--private", "--message", "first tensor"]) == 0
+    output = capsys.readouterr()
+    assert f"pushed {folder} to user/cli-repo: {local_hub.url}/user/cli-repo/commit/" in output.out
     assert len(local_hub.commits()) == 1 and local_hub.repos["user/cli-repo"]["private"]
+    assert local_hub.repos["user/cli-repo"]["commits"][local_hub.repos["user/cli-repo"]["branches"]["main"]]["message"] == "first tensor"
+
+    assert hub.main(["push", str(tmp_path / "missing"), "user/cli-repo"]) == 2
+    output = capsys.readouterr()
+    assert output.err.startswith("error: ") and "is not a folder" in output.err
+    assert FAKE_TOKEN not in output.out + output.err
 
 
 # ---- failures lose nothing and say how to push later -------------------------------------------------------
