@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from huggingface_hub import EvalResult
+
     from .tensors import SecurityTensor
 
 LICENSE = "apache-2.0"  # sectensor's own licence; the base model's licence still governs the model itself
@@ -84,7 +86,7 @@ answers = lvlm.generate([image], ["What should I do with this?"], tensor=tensor)
     return f"---\n{metadata.to_yaml()}\n---\n{body}"
 
 
-def _eval_results(splits: dict[str, dict[str, Any]], data: str | None) -> list:
+def _eval_results(splits: dict[str, dict[str, Any]], data: str | None) -> list["EvalResult"]:
     from huggingface_hub import EvalResult
 
     dataset = Path(data).stem if data else "evaluation"  # a file name only: never publish a local path
