@@ -122,6 +122,8 @@ def push_to_hub(
                 f"namespace. Set HF_TOKEN or run `hf auth login`. {kept}"
             ) from None
         raise SectensorError(f"the Hub rejected the push to {repo_id}: {error}. {kept}") from None
+    except ValueError as error:  # the Hub's verdict on the card's metadata
+        raise SectensorError(f"the Hub rejected the push to {repo_id}: {error}. Fix {folder / CARD_NAME}. {kept}") from None
     except (httpx2.TransportError, OSError, ConnectionError) as error:  # the client's network errors are not OSErrors
         raise HubUnreachableError(f"cannot push to {repo_id}: the connection failed ({error}). {kept}") from None
     return commit.commit_url

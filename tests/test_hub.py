@@ -122,7 +122,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if path == "/api/validate-yaml":
             try:
                 ModelCard(json.loads(body)["content"])
-            except ValueError as error:
+            except Exception as error:  # whatever the YAML parser raises
                 return 400, {"errors": [{"message": str(error)}]}, {}
             return 200, {"errors": [], "warnings": []}, {}
         if parts[:2] == ["api", "models"] and len(parts) >= 6:
@@ -449,3 +449,13 @@ def test_bad_folder_or_repo_id_is_refused_before_any_request(tiny_llava, local_h
         with pytest.raises(sectensor.SectensorError, match="is not a Hub repo id"):
             hub.push_to_hub(tmp_path / "run", bad)
     assert local_hub.requests == []
+
+
+def test_card_with_broken_metadata_is_rejected_before_upload(tiny_llava, local_hub, tmp_path):
+    folder = tmp_path / "run"
+    _trained_folder(tiny_llava, folder)
+    (folder / "README.md").write_text("---\nlicense: [apache-2.0\n---\n# card\n")
+    with pytest.raises(sectensor.SectensorError, match="(?s)Invalid metadata in README.md.*Fix .*README.md") as error:
+        hub.push_to_hub(folder, "user/repo")
+    _assert_kept(error.value, folder, "user/repo")
+    assert local_hub.commits() == []
