@@ -11,8 +11,8 @@ from sectensor import SectensorError, TensorMismatchError, TextualSecurityTensor
 from sectensor.analysis import (
     Query, _cache_key, analyze, inside_the_model, last_token_states, name_the_object, pair_similarities, widest_gap,
 )
-from sectensor.analyze import main as analyze_main
-from sectensor.data import open_image
+from sectensor.analyze import main as analyze_main, queries_from_samples
+from sectensor.data import load_manifest, open_image
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 NOTO = ASSETS / "images" / "noto"
@@ -164,6 +164,16 @@ def test_cli_writes_json_and_png(tiny_llava, tiny_llava_dir, tmp_path, capsys):
     second = json.loads((tmp_path / "two" / "analysis.json").read_text())
     assert second["text_queries_from"] == "manifest" and second["conditions"]["text"]["num_normal"] == 2
     assert "image_with_tensor" not in second["conditions"]
+
+
+def test_manifest_rows_become_queries(tmp_path):
+    samples = load_manifest(_write_manifest(tmp_path / "data.jsonl", text_rows=True))
+    text, image, source = queries_from_samples(samples, max_per_side=2, group_by="split")
+    assert source == "manifest" and [query.label for query in image] == ["cat", "rose", "bomb", "skull"]
+    assert all(query.image is not None for query in image) and all(query.image is None for query in text)
+    assert {query.group for query in image if query.harmful} == {"test"} and len(text) == 3
+    with pytest.raises(SectensorError, match="group_by"):
+        queries_from_samples(samples, group_by="colour")
 
 
 def test_cli_reports_bad_manifests(tiny_llava_dir, tmp_path, capsys):
