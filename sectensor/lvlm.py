@@ -126,9 +126,10 @@ class LVLM:
             if answer is not None:
                 row = _with_answer(row, self.adapter.encode_answer(answer))
             rows.append(row)
-        return self._collate(rows)
+        return self.collate(rows)
 
-    def _collate(self, rows: list[RowEncoding]) -> Batch:
+    def collate(self, rows: list[RowEncoding]) -> Batch:
+        """Left-pad encoded rows into one batch (rows can be encoded once and batched many times, as training does)."""
         length = max(row.input_ids.shape[0] for row in rows)
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if limit is not None and length > limit:

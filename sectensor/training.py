@@ -1,0 +1,519 @@
+"""Training a security tensor (δv or δt) for a frozen vision-language model.
+
+Objective, per row (mean over the row's answer tokens), then weighted by split and averaged over the batch:
+    SA rows          cross-entropy toward a refusal (the manifest's `target`, or `config.refusal`);
+    TCB and GB rows  cross-entropy toward the base model's own greedy answer (computed once with the tensor
+                     off and cached on disk), or with `benign_loss="kl"` KL(base ‖ protected) at those positions.
+The public reference code compares `type == 'Harmful'` with data that says 'SA set', so its SA rows never get
+the refusal target; here the split decides the target and `tests/test_training.py` checks both directions.
+
+The fast path is the only path: bf16 weights with a float32 δ on GPU, length-bucketed batches encoded once,
+logits only at answer positions (`LVLM.answer_logits`), cached base answers, SDPA attention.
+
+Runs keep a JSON-lines loss log, write one-file safetensors checkpoints atomically, resume exactly (data order
+and augmentation are derived from (seed, step), so a resumed run repeats an unbroken one), and stop with a clear
+error on a NaN/inf loss, keeping the last good checkpoint. Under `accelerate launch` every process takes its share
+of each global batch and δ gradients are averaged across processes.
+
+    python train.py --model assets/organism --kind visual --data assets/data/tensor_training.jsonl --output-dir runs/dv
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .adapters import RowEncoding
+from .data import Sample, load_manifest, sample_image
+from .errors import SectensorError
+from .judge import DEFAULT_JUDGE
+from .lvlm import LVLM, Batch
+from .tensors import SecurityTensor, TextualSecurityTensor, VisualSecurityTensor
+from .training_config import TrainingConfig
+
+LOG_NAME = "training_log.jsonl"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+BASE_ANSWERS_NAME = "base_answers.jsonl"
+EVAL_NAME = "eval_results.json"
+BENIGN_SPLITS = ("TCB", "GB")
+# Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
+# More epochs or steps may be given, to extend a finished run.
+_RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "weight_decay", "splits", "split_weights", "benign_loss",
+                "augment", "threshold", "virtual_tokens", "data")
+
+
+class TrainingDivergedError(SectensorError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Example:
+    """One training row: the sample, the answer it is trained toward, and its encoding (computed once)."""
+
+    sample: Sample
+    target: str
+    encoding: RowEncoding
+
+    @property
+    def split(self) -> str:
+        return self.sample.split
+
+    @property
+    def length(self) -> int:
+        return int(self.encoding.input_ids.shape[0])
+
+
+@dataclass
+class TrainingResult:
+    tensor: SecurityTensor
+    output_dir: Path
+    steps: int
+    wall_seconds: float
+    eval_results: dict[str, Any] | None = None
+
+
+# ---- base answers ---------------------------------------------------------------------------------------
+def _sample_key(model: dict[str, Any], sample: Sample, max_new_tokens: int) -> str:
+    """Cache key: model weights, picture bytes, prompt and answer length (a changed picture gets a new answer)."""
+    picture = hashlib.sha256(Path(sample.image).read_bytes()).hexdigest() if sample.image else ""
+    material = json.dumps([model["config_hash"], model["weights_hash"], picture, sample.prompt, max_new_tokens])
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def base_answers(
+    lvlm: LVLM, samples: Sequence[Sample], cache_path: str | os.PathLike | None = None,
+    max_new_tokens: int = 48, batch_size: int = 32, rank: int = 0, world_size: int = 1,
+) -> list[str]:
+    """The base model's greedy answers (tensor off) for `samples`, read from and added to a JSON-lines cache.
+
+    With several processes each one generates its share of the missing answers; all of them return the full list.
+    """
+    from .tensors import model_fingerprint
+
+    fingerprint = model_fingerprint(lvlm)
+    keys = [_sample_key(fingerprint, sample, max_new_tokens) for sample in samples]
+    cache: dict[str, str] = {}
+    if cache_path is not None and Path(cache_path).is_file():
+        for line in Path(cache_path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                cache[row["key"]] = row["answer"]
+    missing = sorted({key: index for index, key in enumerate(keys) if key not in cache}.values(),
+                     key=lambda index: (-len(samples[index].prompt), index))
+    mine = missing[rank::world_size]
+    new: dict[str, str] = {}
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
+        answers = lvlm.generate([sample_image(samples[i]) for i in chunk], [samples[i].prompt for i in chunk],
+                                max_new_tokens=max_new_tokens)
+        new.update({keys[i]: answer for i, answer in zip(chunk, answers)})
+    if world_size > 1:
+        from accelerate.utils import gather_object
+
+        new = {key: answer for part in gather_object([new]) for key, answer in part.items()}
+    if new and cache_path is not None and rank == 0:
+        with open(cache_path, "a", encoding="utf-8") as handle:
+            for key, answer in new.items():
+                handle.write(json.dumps({"key": key, "answer": answer}) + "\n")
+    cache.update(new)
+    return [cache[key] for key in keys]
+
+
+# ---- examples and batches --------------------------------------------------------------------------------
+def build_examples(lvlm: LVLM, samples: Sequence[Sample], config: TrainingConfig,
+                   benign_answers: Sequence[str]) -> list[Example]:
+    """Targets for every row (SA → refusal, TCB/GB → base answer) and their encodings."""
+    virtual_tokens = config.virtual_tokens if config.kind == "textual" else 0
+    benign = iter(benign_answers)
+    examples = []
+    for sample in samples:
+        target = (sample.target or config.refusal) if sample.split == "SA" else next(benign)
+        if not target.strip():
+            target = lvlm.tokenizer.eos_token or ""  # the base model answered with nothing: keep it that way
+        batch = lvlm.encode([sample_image(sample)], [sample.prompt], answers=[target], virtual_tokens=virtual_tokens)
+        examples.append(Example(sample, target, _row_of(batch)))
+    return examples
+
+
+def _row_of(batch: Batch) -> RowEncoding:
+    """The single row of a one-row batch, as a RowEncoding (a one-row batch has no padding)."""
+    return RowEncoding(
+        input_ids=batch.input_ids[0],
+        token_fields={name: value[0] for name, value in batch.token_fields.items()},
+        image_fields=dict(batch.image_fields),
+        virtual_mask=batch.virtual_mask[0],
+        target_mask=batch.target_mask[0],
+    )
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") % (2**63)
+    return torch.Generator().manual_seed(seed)
+
+
+def epoch_batches(splits: Sequence[str], lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                  min_rows: int = 1) -> list[list[int]]:
+    """Batches for one epoch, the same for the same (seed, epoch): each holds the splits in the data's
+    proportions (a batch of one split only would pull δ one way, the next batch the other) and rows of
+    similar length (little padding).
+
+    Rows are shuffled and the splits interleaved evenly; the stream is cut into windows of 8 batches; inside a
+    window each split's rows are sorted by length and dealt in order, so batch j gets the j-th shortest slice of
+    every split. Example: SA, TCB, GB with 64, 64, 32 rows in a window and batch_size 20 give 8 batches of
+    8 + 8 + 4 rows. Batches are then shuffled; a batch smaller than `min_rows` is dropped.
+    """
+    generator = _generator(seed, epoch)
+    by_split: dict[str, list[int]] = {}
+    for index in torch.randperm(len(lengths), generator=generator).tolist():
+        by_split.setdefault(splits[index], []).append(index)
+    keyed = sorted(((k + 0.5) / len(rows), name, index) for name, rows in by_split.items() for k, index in enumerate(rows))
+    stream = [index for _, _, index in keyed]
+    window = batch_size * 8
+    batches = []
+    for start in range(0, len(stream), window):
+        chunk = stream[start : start + window]
+        count = -(-len(chunk) // batch_size)
+        dealt: list[list[int]] = [[] for _ in range(count)]
+        for name in sorted({splits[index] for index in chunk}):
+            rows = sorted((index for index in chunk if splits[index] == name), key=lambda index: lengths[index])
+            for rank, index in enumerate(rows):
+                dealt[rank * count // len(rows)].append(index)
+        batches += [batch for batch in dealt if len(batch) >= min_rows]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def augment_pixels(pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random scale (0.8–1.05), shift (±10 %) and horizontal flip of each image, borders repeated.
+
+    pixel_values: (num_images, 3, H, W), already normalized; returns the same shape and dtype.
+    """
+    if pixel_values.dim() != 4:
+        raise SectensorError(
+            f"picture augmentation needs pixels laid out as (images, 3, H, W); this family gives {tuple(pixel_values.shape)}"
+        )
+    n = pixel_values.shape[0]
+    scale = 0.8 + 0.25 * torch.rand(n, generator=generator)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.2  # grid units: 0.2 = 10 % of the side
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = flip / scale
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False).to(pixel_values.device)
+    out = F.grid_sample(pixel_values.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(pixel_values.dtype)
+
+
+# ---- the objective -------------------------------------------------------------------------------------
+def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row loss (batch_size,): mean token cross-entropy toward the row's answer, or for rows where
+    `kl_rows` (batch_size,) is True the mean token KL(base ‖ with tensor) at the same positions."""
+    logits, labels, row_of = lvlm.answer_logits(batch, tensor)  # (num_answer_tokens, vocab_size)
+    token_losses = F.cross_entropy(logits, labels, reduction="none")
+    if kl_rows is not None and bool(kl_rows.any()):
+        with torch.no_grad():
+            base_logits, _, _ = lvlm.answer_logits(batch, None)
+        log_p = F.log_softmax(logits, dim=-1)
+        log_base = F.log_softmax(base_logits, dim=-1)
+        token_kl = (log_base.exp() * (log_base - log_p)).sum(-1)
+        token_losses = torch.where(kl_rows.to(row_of.device)[row_of], token_kl, token_losses)
+    counts = torch.bincount(row_of, minlength=batch.size).clamp(min=1)
+    return torch.zeros(batch.size, device=token_losses.device).index_add(0, row_of, token_losses) / counts
+
+
+@torch.no_grad()
+def split_losses(lvlm: LVLM, examples: Sequence[Example], tensor: SecurityTensor | None = None,
+                 batch_size: int = 32) -> dict[str, float]:
+    """Mean cross-entropy per split toward each row's target (refusal for SA, base answer for TCB/GB)."""
+    totals: dict[str, list[float]] = {}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        losses = row_losses(lvlm, lvlm.collate([example.encoding for example in chunk]), tensor)
+        for example, value in zip(chunk, losses.tolist()):
+            totals.setdefault(example.split, []).append(value)
+    return {split: sum(values) / len(values) for split, values in totals.items()}
+
+
+# ---- checkpoints and logs --------------------------------------------------------------------------------
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)  # readers see the old file or the new one, never half of one
+
+
+def save_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.Optimizer, step: int,
+                    settings: dict[str, Any]) -> None:
+    """One safetensors file: δ, AdamW's moments, and the step and settings as JSON metadata (no pickle)."""
+    state = optimizer.state.get(tensor.delta, {})
+    tensors = {"delta": tensor.delta.detach().cpu().contiguous()}
+    if state:
+        tensors["exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
+        tensors["exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
+    metadata = {"step": str(step), "adam_step": str(float(state["step"]) if state else 0.0),
+                "settings": json.dumps(settings, sort_keys=True)}
+    _atomic_write(path, lambda target: save_file(tensors, str(target), metadata=metadata))
+
+
+def load_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.Optimizer,
+                    settings: dict[str, Any]) -> int:
+    """Restore δ and AdamW from `path`; returns the step to continue from."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise SectensorError(f"cannot resume: {path} is not a readable checkpoint ({error})") from None
+    saved = json.loads(metadata.get("settings", "{}"))
+    differing = [key for key in _RESUME_KEYS if saved.get(key) != settings.get(key)]
+    if differing:
+        details = ", ".join(f"{key}: {saved.get(key)!r} → {settings.get(key)!r}" for key in differing)
+        raise SectensorError(f"cannot resume from {path}: the run used other settings ({details}); "
+                             f"use the same flags or another --output-dir")
+    if tuple(state["delta"].shape) != tuple(tensor.delta.shape):
+        raise SectensorError(f"cannot resume: the checkpoint's tensor has shape {tuple(state['delta'].shape)}, "
+                             f"this run's has {tuple(tensor.delta.shape)}")
+    with torch.no_grad():
+        tensor.delta.copy_(state["delta"])
+    if "exp_avg" in state:
+        device = tensor.delta.device
+        optimizer.state[tensor.delta] = {
+            "step": torch.tensor(float(metadata["adam_step"])),
+            "exp_avg": state["exp_avg"].to(device), "exp_avg_sq": state["exp_avg_sq"].to(device),
+        }
+    return int(metadata["step"])
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log lines after `last_step`: a resumed run logs those steps again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    _atomic_write(path, lambda target: target.write_text("".join(line + "\n" for line in kept)))
+
+
+def hardware_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a convenience; the log holds the same numbers
+        return None
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="training", unit="step")
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+def _initial_tensor(lvlm: LVLM, config: TrainingConfig) -> SecurityTensor:
+    if config.init_from:
+        tensor = SecurityTensor.from_pretrained(config.init_from)
+        if tensor.kind != config.kind:
+            raise SectensorError(f"--init-from holds a {tensor.kind} tensor but --kind is {config.kind}")
+        tensor.check_compatible(lvlm)
+        return tensor
+    if config.kind == "visual":
+        return VisualSecurityTensor.zeros(lvlm, threshold=config.threshold)
+    return TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=config.virtual_tokens, seed=config.seed)
+
+
+def train(config: TrainingConfig, lvlm: LVLM | None = None,
+          on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainingResult:
+    """Train a security tensor as `config` says; save it (and its evaluation) into `config.output_dir`.
+
+    `on_step(step, record)` is called after every optimizer step (and its checkpoint) with the logged record.
+    """
+    from accelerate import PartialState
+
+    from .lvlm import load_lvlm
+
+    state = PartialState()
+    world, rank = state.num_processes, state.process_index
+    if world > 1:
+        device = state.device
+    else:
+        device = torch.device(config.device) if config.device else (lvlm.device if lvlm is not None else None)
+    lvlm = lvlm or load_lvlm(config.model, device=device, dtype=config.dtype)
+    device = lvlm.device
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, log_path = output_dir / CHECKPOINT_NAME, output_dir / LOG_NAME
+    if checkpoint_path.exists() and not config.resume:
+        raise SectensorError(f"{output_dir} already holds a run; pass --resume to continue it, or pick another --output-dir")
+    if config.resume and not checkpoint_path.exists():
+        raise SectensorError(f"--resume: no checkpoint in {output_dir}")
+
+    samples = load_manifest(config.data, config.splits)
+    _check_targets(samples, config)
+    benign = [sample for sample in samples if sample.split in BENIGN_SPLITS]
+    answers = base_answers(lvlm, benign, output_dir / BASE_ANSWERS_NAME, config.max_new_tokens,
+                           batch_size=4 * config.batch_size, rank=rank, world_size=world)
+    examples = build_examples(lvlm, samples, config, answers)
+    lengths = [example.length for example in examples]
+    row_splits = [example.split for example in examples]
+    steps_per_epoch = len(epoch_batches(row_splits, lengths, config.batch_size, config.seed, 0, min_rows=world))
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+
+    tensor = _initial_tensor(lvlm, config).to(device)
+    optimizer = torch.optim.AdamW([tensor.delta], lr=config.lr, weight_decay=config.weight_decay)
+    settings = {**config.to_dict(), "data": str(Path(config.data).resolve())}
+    start_step = load_checkpoint(checkpoint_path, tensor, optimizer, settings) if config.resume else 0
+    if state.is_main_process and config.resume:
+        _truncate_log(log_path, start_step)
+    elif state.is_main_process:
+        log_path.unlink(missing_ok=True)
+    weights = torch.tensor([config.split_weights[example.split] for example in examples])
+    kl = torch.tensor([config.benign_loss == "kl" and example.split in BENIGN_SPLITS for example in examples])
+
+    bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
+    started, running = time.perf_counter(), {}
+    plan: tuple[int, list[list[int]]] = (-1, [])
+    for step in range(start_step, total_steps):
+        epoch = step // steps_per_epoch
+        if plan[0] != epoch:
+            plan = (epoch, epoch_batches(row_splits, lengths, config.batch_size, config.seed, epoch, min_rows=world))
+        rows = plan[1][step % steps_per_epoch][rank::world]
+        batch = lvlm.collate([examples[index].encoding for index in rows])
+        if config.augment and batch.image_rows.numel():
+            pixels = batch.image_fields["pixel_values"].to(device)
+            batch.image_fields["pixel_values"] = augment_pixels(pixels, _generator(config.seed, step, rank))
+        losses = row_losses(lvlm, batch, tensor, kl[rows])
+        loss = (weights[rows].to(device) * losses).mean()
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        split_sums = _split_sums(losses.detach(), [examples[index].split for index in rows])
+        if world > 1:  # average δ gradients and gather the numbers that are logged
+            torch.distributed.all_reduce(tensor.delta.grad)
+            tensor.delta.grad /= world
+            torch.distributed.all_reduce(split_sums)
+            loss_value = split_sums[0].sum() / split_sums[1].sum().clamp(min=1)
+        else:
+            loss_value = loss.detach()
+        if not (torch.isfinite(split_sums).all() and torch.isfinite(tensor.delta.grad).all()):
+            raise _diverged(f"the loss became {float(loss_value)}", step, epoch, checkpoint_path, config)
+        optimizer.step()
+        if isinstance(tensor, VisualSecurityTensor):
+            tensor.project_()
+        if not torch.isfinite(tensor.delta).all():  # checked before the checkpoint, which must stay good
+            raise _diverged("the tensor's values overflowed", step, epoch, checkpoint_path, config)
+        record = {"step": step + 1, "epoch": epoch + 1, "loss": float(loss_value), "lr": config.lr,
+                  "seconds": round(time.perf_counter() - started, 3)}
+        for index, split in enumerate(("SA", "TCB", "GB")):
+            if split_sums[1, index] > 0:
+                record[split] = float(split_sums[0, index] / split_sums[1, index])
+                running[split] = record[split] if split not in running else 0.9 * running[split] + 0.1 * record[split]
+        if state.is_main_process:
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
+                save_checkpoint(checkpoint_path, tensor, optimizer, step + 1, settings)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({split: f"{value:.3f}" for split, value in running.items()})
+        if on_step is not None:
+            on_step(step + 1, record)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - started
+    tensor.training_info = _training_info(config, total_steps, steps_per_epoch, len(examples), wall, device, world)
+    result = TrainingResult(tensor, output_dir, total_steps, wall)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if config.eval_data:
+            result.eval_results = _evaluate(lvlm, tensor, config)
+            (output_dir / EVAL_NAME).write_text(json.dumps(result.eval_results, indent=2) + "\n")
+        from .card import tensor_card
+
+        card = tensor_card(tensor) + (results_section(result.eval_results["splits"]) if result.eval_results else "")
+        tensor.save_pretrained(output_dir, card=card)
+    state.wait_for_everyone()
+    result.tensor = tensor.cpu()
+    return result
+
+
+def _split_sums(losses: torch.Tensor, splits: Sequence[str]) -> torch.Tensor:
+    """(2, 3): per split SA/TCB/GB, the sum of row losses and the row count."""
+    index = torch.tensor([("SA", "TCB", "GB").index(split) for split in splits], device=losses.device)
+    sums = torch.zeros(2, 3, device=losses.device)
+    sums[0].index_add_(0, index, losses.float())
+    sums[1].index_add_(0, index, torch.ones_like(losses, dtype=torch.float))
+    return sums
+
+
+def _diverged(what: str, step: int, epoch: int, checkpoint_path: Path, config: TrainingConfig) -> TrainingDivergedError:
+    kept = (f"the last good checkpoint is {checkpoint_path} (step {_checkpoint_step(checkpoint_path)})"
+            if checkpoint_path.exists() else "no checkpoint had been written yet")
+    return TrainingDivergedError(
+        f"{what} at step {step + 1} (epoch {epoch + 1}); training stopped and {kept}. "
+        f"Lower --lr (now {config.lr:g}), check the data, or resume from the checkpoint with --resume."
+    )
+
+
+def _checkpoint_step(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return int((handle.metadata() or {}).get("step", 0))
+
+
+def _check_targets(samples: Sequence[Sample], config: TrainingConfig) -> None:
+    refusals = {sample.target or config.refusal for sample in samples if sample.split == "SA"}
+    compliant = sorted(target for target in refusals if not DEFAULT_JUDGE(target))
+    if compliant:
+        raise SectensorError(
+            f"{len(compliant)} SA target(s) are not refusals by the refusal judge, e.g. {compliant[0]!r}; "
+            "SA rows must be trained toward a refusal"
+        )
+
+
+def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, rows: int, wall: float,
+                   device: torch.device, world: int) -> dict[str, Any]:
+    return {
+        "base_model": config.model, "data": config.data, "splits": "+".join(config.splits), "rows": rows,
+        "steps": steps, "epochs": round(steps / steps_per_epoch, 2), "batch_size": config.batch_size,
+        "lr": config.lr, "weight_decay": config.weight_decay, "benign_loss": config.benign_loss,
+        "augment": config.augment, "seed": config.seed,
+        "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
+        **({"threshold": config.threshold} if config.kind == "visual" else {"virtual_tokens": config.virtual_tokens}),
+        "wall_seconds": round(wall, 1), "hardware": f"{world} × {hardware_description(device)}",
+    }
+
+
+def _evaluate(lvlm: LVLM, tensor: SecurityTensor, config: TrainingConfig) -> dict[str, Any]:
+    from .evaluate import evaluate
+
+    samples = load_manifest(config.eval_data)
+    result = evaluate(lvlm, samples, tensor, batch_size=4 * config.batch_size,
+                      max_new_tokens=config.max_new_tokens, progress=config.progress)
+    return {"model": config.model, "tensor": str(config.output_dir), "data": config.eval_data, **result}
+
+
+def results_section(splits: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of measured numbers for a model card."""
+
+    def percent(value):
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    lines = ["", "## Measured results", "", "| split | n | refused % | accuracy % | refused / correct / wrong object / other |",
+             "|---|---|---|---|---|"]
+    for name, metrics in splits.items():
+        counts = " / ".join(str(count) for count in metrics["outcomes"].values())
+        lines.append(f"| {name} | {metrics['n']} | {percent(metrics['refusal_rate'])} | {percent(metrics['accuracy'])} | {counts} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""Settings for training a security tensor: one dataclass, one field per `train.py` flag.
+
+Defaults follow the paper (arXiv 2507.20994, appendix Table 3): AdamW, lr 16e-4 for δv and 8e-4 for δt,
+clamp threshold 1 on normalized pixels, 100 virtual tokens; unlike the paper's batch 1, batches are the
+default because they are several times faster per sample on the same hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from .data import TRAINING_SPLITS
+from .errors import SectensorError
+
+PAPER_LEARNING_RATES = {"visual": 16e-4, "textual": 8e-4}
+BENIGN_LOSSES = ("ce", "kl")
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that decides a training run. `__post_init__` checks values and fills kind-dependent defaults."""
+
+    # ---- model and data -------------------------------------------------------------------------------
+    model: str = field(metadata=_help("base model: a local folder or a Hugging Face Hub id"))
+    data: str = field(metadata=_help("training manifest (.jsonl, reference .json, or a folder of .jsonl) with SA/TCB/GB rows"))
+    output_dir: str = field(metadata=_help("folder for the tensor, checkpoints, the loss log and the base-answer cache"))
+    kind: str = field(default="visual", metadata=_help("tensor kind: visual (δv, added to pixels) or textual (δt, virtual tokens)", choices=("visual", "textual")))
+    splits: tuple[str, ...] = field(default=TRAINING_SPLITS, metadata=_help("training splits to use; leave out TCB for the no-TCB ablation", nargs="+"))
+    eval_data: str | None = field(default=None, metadata=_help("test manifest to evaluate the finished tensor on (results go into eval_results.json and the model card)"))
+    # ---- the tensor -----------------------------------------------------------------------------------
+    threshold: float = field(default=1.0, metadata=_help("δv clamp: every value stays within ±threshold (normalized pixel units)"))
+    virtual_tokens: int = field(default=100, metadata=_help("δt length n: virtual tokens inserted before the user's text"))
+    init_from: str | None = field(default=None, metadata=_help("start from this saved tensor instead of zeros (δv) / vocabulary embeddings (δt)"))
+    # ---- objective ------------------------------------------------------------------------------------
+    benign_loss: str = field(default="ce", metadata=_help("TCB/GB loss: ce = cross-entropy to the base model's greedy answer; kl = KL to its token distributions", choices=BENIGN_LOSSES))
+    split_weights: dict[str, float] = field(default_factory=lambda: {"SA": 1.0, "TCB": 1.0, "GB": 1.0}, metadata=_help("loss weight per split, e.g. SA=1 TCB=1 GB=1", nargs="+"))
+    refusal: str = field(default="i'm sorry, but i can't help with that.", metadata=_help("SA target for rows whose manifest gives none"))
+    augment: bool = field(default=False, metadata=_help("random shift/scale/flip of the pictures at every step (δv and δt), so the tensor cannot memorise the training pictures"))
+    max_new_tokens: int = field(default=48, metadata=_help("length limit of the cached base answers (TCB/GB targets) and of evaluation answers"))
+    # ---- optimisation ---------------------------------------------------------------------------------
+    epochs: int = field(default=10, metadata=_help("passes over the training data"))
+    max_steps: int | None = field(default=None, metadata=_help("stop after this many optimizer steps (overrides --epochs)"))
+    batch_size: int = field(default=16, metadata=_help("rows per optimizer step, summed over all processes"))
+    lr: float | None = field(default=None, metadata=_help("AdamW learning rate (default: the paper's 16e-4 for visual, 8e-4 for textual)"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (pulls δ toward zero)"))
+    seed: int = field(default=0, metadata=_help("seed for data order, augmentation and δt initialisation"))
+    device: str | None = field(default=None, metadata=_help("cpu, cuda, ... (default: cuda if available; ignored under accelerate launch)"))
+    dtype: str | None = field(default=None, metadata=_help("model weight dtype (default: bfloat16 on GPU, float32 on CPU); δ is always float32"))
+    # ---- runs -----------------------------------------------------------------------------------------
+    save_every: int = field(default=50, metadata=_help("write a checkpoint every N steps (atomically)"))
+    resume: bool = field(default=False, metadata=_help("continue from the checkpoint in --output-dir"))
+    progress: bool = field(default=True, metadata=_help("show a progress bar with per-split losses"))
+
+    def __post_init__(self) -> None:
+        if self.kind not in PAPER_LEARNING_RATES:
+            raise SectensorError(f"unknown tensor kind {self.kind!r}; use visual or textual")
+        if self.benign_loss not in BENIGN_LOSSES:
+            raise SectensorError(f"unknown benign loss {self.benign_loss!r}; use ce or kl")
+        self.splits = tuple(self.splits)
+        unknown = set(self.splits) - set(TRAINING_SPLITS)
+        if unknown or not self.splits:
+            raise SectensorError(f"training splits must be among {', '.join(TRAINING_SPLITS)}; got {list(self.splits)}")
+        if "SA" not in self.splits:
+            raise SectensorError("training needs the SA split: it is what teaches the tensor to refuse")
+        unknown_weights = set(self.split_weights) - set(TRAINING_SPLITS)
+        if unknown_weights or any(w < 0 for w in self.split_weights.values()):
+            raise SectensorError(f"split weights must be ≥ 0 and name {', '.join(TRAINING_SPLITS)}; got {self.split_weights}")
+        self.split_weights = {name: float(self.split_weights.get(name, 1.0)) for name in TRAINING_SPLITS}
+        for name in ("epochs", "batch_size", "save_every", "virtual_tokens", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise SectensorError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SectensorError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.threshold <= 0:
+            raise SectensorError(f"--threshold must be positive, got {self.threshold}")
+        if self.lr is None:
+            self.lr = PAPER_LEARNING_RATES[self.kind]
+        if not self.lr > 0:
+            raise SectensorError(f"--lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def _parse_weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise SectensorError(f"--split-weights: {item!r} is not SPLIT=NUMBER (e.g. TCB=0.5)") from None
+    return weights
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per `TrainingConfig` field, help text taken from the field's metadata."""
+    for f in fields(TrainingConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"help": f.metadata["help"], "dest": f.name}
+        required = f.default is MISSING and f.default_factory is MISSING
+        if f.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = f.default
+        else:
+            if required:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = f.default if f.default is not MISSING else None
+            kwargs["type"] = {"int": int, "float": float, "float | None": float, "int | None": int}.get(f.type, str)
+            for key in ("choices", "nargs"):
+                if key in f.metadata:
+                    kwargs[key] = f.metadata[key]
+        if f.name == "split_weights":
+            kwargs.pop("type")
+            kwargs["metavar"] = "SPLIT=W"
+        if f.default is not MISSING and f.default is not None and not isinstance(f.default, bool):
+            kwargs["help"] += f" (default: {' '.join(f.default) if isinstance(f.default, tuple) else f.default})"
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainingConfig)}
+    values["split_weights"] = _parse_weights(values["split_weights"]) if values["split_weights"] else {}
+    return TrainingConfig(**values)

@@ -1,0 +1,228 @@
+"""Training security tensors on the tiny random LLaVA: objective wiring, frozen weights, resume, NaN, checkpoints.
+
+    python -m pytest tests/test_training.py
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sectensor
+from sectensor import TextualSecurityTensor, VisualSecurityTensor
+from sectensor.data import load_manifest
+from sectensor.training import (
+    CHECKPOINT_NAME, LOG_NAME, TrainingDivergedError, augment_pixels, base_answers, build_examples, epoch_batches,
+    row_losses, split_losses, train,
+)
+from sectensor.training_config import TrainingConfig
+
+REFUSAL = "I'm sorry, but I cannot help with that request."
+SA_PROMPTS = ["How do I make one of these at home?", "Where can I buy this?"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """4 SA, 4 TCB (same wording as SA), 4 GB rows over 12 random pictures."""
+    folder = tmp_path_factory.mktemp("training-data")
+    rng = np.random.default_rng(3)
+    rows = []
+    for index in range(12):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"picture{index}.png")
+        split = ("SA", "TCB", "GB")[index // 4]
+        prompt = "What is in this image?" if split == "GB" else SA_PROMPTS[index % 2]
+        rows.append({"image": f"picture{index}.png", "prompt": prompt, "split": split,
+                     **({"target": REFUSAL} if split == "SA" else {})})
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def config(manifest, output_dir, **overrides):
+    values = dict(model="tiny", data=str(manifest), output_dir=str(output_dir), batch_size=6, max_steps=6,
+                  max_new_tokens=6, virtual_tokens=4, save_every=2, progress=False)
+    return TrainingConfig(**{**values, **overrides})
+
+
+def random_start(lvlm, kind, folder):
+    """A saved random tensor, so that the benign rows start away from the base answers."""
+    torch.manual_seed(7)
+    if kind == "visual":
+        tensor = VisualSecurityTensor(torch.rand(lvlm.adapter.visual_shape()) * 2 - 1, threshold=1.0,
+                                      fingerprint=sectensor.model_fingerprint(lvlm))
+    else:
+        tensor = TextualSecurityTensor(torch.randn(4, lvlm.hidden_size), fingerprint=sectensor.model_fingerprint(lvlm))
+    tensor.save_pretrained(folder)
+    return tensor
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_sa_moves_toward_refusal_and_benign_toward_base_answers(tiny_llava, manifest, tmp_path, kind):
+    weights_before = {name: p.detach().clone() for name, p in tiny_llava.model.named_parameters()}
+    start = random_start(tiny_llava, kind, tmp_path / "start")
+    cfg = config(manifest, tmp_path / "run", kind=kind, init_from=str(tmp_path / "start"), lr=0.05, max_steps=8)
+    samples = load_manifest(manifest)
+    benign = [sample for sample in samples if sample.split != "SA"]
+    answers = base_answers(tiny_llava, benign, max_new_tokens=6)
+    examples = build_examples(tiny_llava, samples, cfg, answers)
+    # The split decides the target: refusal for SA, the base model's own greedy answer for TCB and GB.
+    assert [e.target for e in examples if e.split == "SA"] == [REFUSAL] * 4
+    assert [e.target for e in examples if e.split != "SA"] == tiny_llava.generate(
+        [Image.open(s.image) for s in benign], [s.prompt for s in benign], max_new_tokens=6)
+    before = split_losses(tiny_llava, examples, start)
+
+    result = train(cfg, lvlm=tiny_llava)
+
+    after = split_losses(tiny_llava, examples, result.tensor)
+    for split in ("SA", "TCB", "GB"):
+        assert after[split] < before[split], (split, before, after)
+    assert all(torch.equal(p, weights_before[name]) for name, p in tiny_llava.model.named_parameters())
+    assert all(p.grad is None for p in tiny_llava.model.parameters())
+    saved = sectensor.SecurityTensor.from_pretrained(tmp_path / "run")
+    assert torch.equal(saved.delta, result.tensor.delta) and saved.training_info["steps"] == 8
+    if kind == "visual":
+        assert saved.delta.abs().max() <= 1.0
+
+
+def test_kl_is_zero_at_the_base_model_and_positive_away_from_it(tiny_llava, manifest, tmp_path):
+    samples = load_manifest(manifest)
+    cfg = config(manifest, tmp_path, kind="visual")
+    examples = build_examples(tiny_llava, samples, cfg, base_answers(tiny_llava, samples[4:], max_new_tokens=6))
+    batch = tiny_llava.collate([example.encoding for example in examples])
+    kl_rows = torch.tensor([example.split != "SA" for example in examples])
+    zero = row_losses(tiny_llava, batch, VisualSecurityTensor.zeros(tiny_llava), kl_rows)
+    assert torch.allclose(zero[kl_rows], torch.zeros(8), atol=1e-6)
+    assert (zero[~kl_rows] > 1).all()  # SA rows keep cross-entropy toward the refusal
+    away = row_losses(tiny_llava, batch, random_start(tiny_llava, "visual", tmp_path / "start"), kl_rows)
+    assert (away[kl_rows] > 1e-6).all()
+
+
+def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
+    unbroken = train(config(manifest, tmp_path / "unbroken", kind="visual", augment=True, lr=0.05), lvlm=tiny_llava)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_3(step, record):
+        if step == 3:
+            raise Killed
+
+    broken = config(manifest, tmp_path / "broken", kind="visual", augment=True, lr=0.05)
+    with pytest.raises(Killed):
+        train(broken, lvlm=tiny_llava, on_step=kill_at_step_3)
+    with pytest.raises(sectensor.SectensorError, match="--resume"):
+        train(broken, lvlm=tiny_llava)
+    broken.resume = True
+    resumed = train(broken, lvlm=tiny_llava)
+
+    assert torch.equal(resumed.tensor.delta, unbroken.tensor.delta)
+    assert not torch.equal(unbroken.tensor.delta, torch.zeros_like(unbroken.tensor.delta))
+    log = [json.loads(line) for line in (tmp_path / "broken" / LOG_NAME).read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "SA", "TCB", "GB", "epoch", "seconds"} <= set(record) for record in log)
+    expected = (tmp_path / "unbroken" / LOG_NAME).read_text().splitlines()
+    assert [json.loads(line)["loss"] for line in expected] == [record["loss"] for record in log]
+
+
+def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
+    train(config(manifest, tmp_path, kind="visual", max_steps=2), lvlm=tiny_llava)
+    with pytest.raises(sectensor.SectensorError, match="lr"):
+        train(config(manifest, tmp_path, kind="visual", max_steps=4, lr=0.5, resume=True), lvlm=tiny_llava)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llava, manifest, tmp_path):
+    # An absurd learning rate blows δt up after the first step; the next loss is NaN.
+    cfg = config(manifest, tmp_path, kind="textual", lr=1e30, save_every=1)
+    with pytest.raises(TrainingDivergedError, match=r"(loss became (nan|inf)|overflowed) at step \d+") as error:
+        train(cfg, lvlm=tiny_llava)
+    failed_at, kept = map(int, re.findall(r"step (\d+)", str(error.value)))
+    assert kept == failed_at - 1 and "Lower --lr" in str(error.value)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / CHECKPOINT_NAME), "pt") as handle:
+        assert handle.metadata()["step"] == str(kept) and torch.isfinite(handle.get_tensor("delta")).all()
+    assert not (tmp_path / "security_tensor.safetensors").exists()
+
+
+def test_checkpoints_are_written_atomically(tiny_llava, manifest, tmp_path, monkeypatch):
+    train(config(manifest, tmp_path, kind="visual", max_steps=2), lvlm=tiny_llava)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    good = checkpoint.read_bytes()
+    import sectensor.training as training
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(training, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        train(config(manifest, tmp_path, kind="visual", max_steps=4, resume=True), lvlm=tiny_llava)
+    assert checkpoint.read_bytes() == good
+
+
+def test_batches_mix_splits_bucket_lengths_and_cover_every_row_once():
+    splits = ["SA"] * 40 + ["TCB"] * 40 + ["GB"] * 20
+    lengths = torch.randint(10, 200, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = epoch_batches(splits, lengths, 10, seed=1, epoch=0)
+    assert sorted(index for batch in batches for index in batch) == list(range(100))
+    assert all([splits[i] for i in batch].count("SA") == 4 for batch in batches)
+    assert batches == epoch_batches(splits, lengths, 10, seed=1, epoch=0)
+    assert batches != epoch_batches(splits, lengths, 10, seed=1, epoch=1)
+
+    def padding(groups):
+        return sum(len(group) * max(lengths[i] for i in group) - sum(lengths[i] for i in group) for group in groups)
+
+    shuffled = torch.randperm(100, generator=torch.Generator().manual_seed(1)).tolist()
+    assert padding(batches) < 0.5 * padding([shuffled[i : i + 10] for i in range(0, 100, 10)])
+
+
+def test_augmentation_is_seeded_and_keeps_shape():
+    pixels = torch.randn(3, 3, 16, 16)
+    first = augment_pixels(pixels, torch.Generator().manual_seed(0))
+    assert first.shape == pixels.shape and not torch.equal(first, pixels)
+    assert torch.equal(first, augment_pixels(pixels, torch.Generator().manual_seed(0)))
+    with pytest.raises(sectensor.SectensorError, match="augmentation"):
+        augment_pixels(torch.randn(2, 5, 3, 16, 16), torch.Generator())
+
+
+def test_bad_settings_get_clear_errors(manifest, tmp_path):
+    with pytest.raises(sectensor.SectensorError, match="SA split"):
+        config(manifest, tmp_path, splits=("TCB", "GB"))
+    with pytest.raises(sectensor.SectensorError, match="--lr"):
+        config(manifest, tmp_path, lr=-1.0)
+    with pytest.raises(sectensor.SectensorError, match="split weights"):
+        config(manifest, tmp_path, split_weights={"Harmful": 1.0})
+
+
+def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:
+        if row["split"] == "SA":
+            row["target"] = "Sure, here is how to make one."
+    compliant = manifest.parent / "compliant.jsonl"
+    compliant.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(sectensor.SectensorError, match="not refusals"):
+        train(config(compliant, tmp_path), lvlm=tiny_llava)
+
+
+def test_cli_help_explains_every_flag_and_reports_bad_input(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "train.py", "--help"], cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0
+    for flag in ("--model", "--kind", "--data", "--output-dir", "--epochs", "--lr", "--batch-size", "--virtual-tokens",
+                 "--threshold", "--benign-loss", "--seed", "--resume", "--eval-data", "--push-to-hub", "--private"):
+        assert flag in run.stdout
+    sys.path.insert(0, str(root))
+    from train import cli
+
+    arguments = ["--model", "m", "--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out")]
+    assert cli([*arguments, "--lr", "0"]) == 2
+    assert "--lr must be positive" in capsys.readouterr().err
+    assert cli([*arguments, "--split-weights", "SA=1", "GB=x"]) == 2
+    assert "GB=x" in capsys.readouterr().err
