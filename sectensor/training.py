@@ -441,8 +441,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             (output_dir / EVAL_NAME).write_text(json.dumps(result.eval_results, indent=2) + "\n")
         from .card import tensor_card
 
-        card = tensor_card(tensor) + (results_section(result.eval_results["splits"]) if result.eval_results else "")
-        tensor.save_pretrained(output_dir, card=card)
+        tensor.save_pretrained(output_dir, card=tensor_card(tensor, result.eval_results))
     state.wait_for_everyone()
     result.tensor = tensor.cpu()
     return result
@@ -503,17 +502,3 @@ def _evaluate(lvlm: LVLM, tensor: SecurityTensor, config: TrainingConfig) -> dic
     result = evaluate(lvlm, samples, tensor, batch_size=4 * config.batch_size,
                       max_new_tokens=config.max_new_tokens, progress=config.progress)
     return {"model": config.model, "tensor": str(config.output_dir), "data": config.eval_data, **result}
-
-
-def results_section(splits: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of measured numbers for a model card."""
-
-    def percent(value):
-        return "–" if value is None else f"{100 * value:.1f}"
-
-    lines = ["", "## Measured results", "", "| split | n | refused % | accuracy % | refused / correct / wrong object / other |",
-             "|---|---|---|---|---|"]
-    for name, metrics in splits.items():
-        counts = " / ".join(str(count) for count in metrics["outcomes"].values())
-        lines.append(f"| {name} | {metrics['n']} | {percent(metrics['refusal_rate'])} | {percent(metrics['accuracy'])} | {counts} |")
-    return "\n".join(lines) + "\n"

@@ -226,3 +226,17 @@ def test_cli_help_explains_every_flag_and_reports_bad_input(tmp_path, capsys):
     assert "--lr must be positive" in capsys.readouterr().err
     assert cli([*arguments, "--split-weights", "SA=1", "GB=x"]) == 2
     assert "GB=x" in capsys.readouterr().err
+
+
+def test_committed_manifests_keep_test_wording_and_renderings_out_of_training():
+    root = Path(__file__).resolve().parents[1] / "assets" / "data"
+    training, tests = load_manifest(root / "tensor_training.jsonl"), load_manifest(root / "tensor_tests.jsonl")
+    counts = {split: sum(s.split == split for s in training) for split in ("SA", "TCB", "GB")}
+    assert 0.8 < counts["SA"] / counts["TCB"] < 1.25 and 1.6 < counts["SA"] / counts["GB"] < 2.5  # about 4 : 4 : 2
+    assert {s.split for s in tests} >= {"harmful_seen", "harmful_unseen", "gbt", "tcb_test", "caption"}
+    assert not {s.prompt for s in training} & {s.prompt for s in tests}
+    trained_pictures = {s.image for s in training}
+    assert not trained_pictures & {s.image for s in tests if s.split in ("harmful_seen", "gbt", "benign_neutral")}
+    assert not {s.category for s in training} & {s.category for s in tests if s.split == "harmful_unseen"}
+    assert all(s.answer_contains for s in tests if s.image and not s.harmful)
+    assert all(s.harmful for s in training if s.split == "SA") and not any(s.harmful for s in training if s.split != "SA")
