@@ -9,10 +9,12 @@ falls below N–N: the gap (N–N minus N–M) opens. Three conditions are compa
     image              the same kind of request about a picture, without the tensor
     image_with_tensor  the same image queries with the security tensor applied (δv or δt)
 
-Layers are numbered 1..L: layer k is the output of decoder block k. The embedding output is *not* included, so a
-curve has exactly one point per layer (`num_hidden_layers` of the text model). As transformers reports it, the
-state of the last layer is taken after the final norm. With δt, the virtual tokens sit before the user's text;
-the last token is still the last prompt token (the rows are left-padded).
+Layers are numbered 1..L: layer k is the output of decoder block k, read by a forward hook on the block (before
+the final norm, for the last block too). The embedding output is *not* included, so a curve has exactly one point
+per layer (`num_hidden_layers` of the text model). A block that a model skips for some inputs (Mllama's
+cross-attention blocks on text-only queries) passes its input on unchanged, so its point repeats the one before.
+With δt, the virtual tokens sit before the user's text; the last token is still the last prompt token (the rows
+are left-padded).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ CONDITION_TITLES = {
     "image_with_tensor": "image queries, with the tensor",
 }
 LAYER_NUMBERING = (
-    "layer k (1-based) is the output of decoder block k; the embedding output is not included; "
-    "the last layer's state is after the final norm"
+    "layer k (1-based) is the output of decoder block k, before the final norm; the embedding output is not "
+    "included; a block the model skips repeats the previous point"
 )
 TOP_LAYERS = 3
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -80,17 +82,42 @@ def last_token_states(
     if batch_size < 1:
         raise SectensorError(f"batch_size must be at least 1, got {batch_size}")
     virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
+    layers = decoder_layers(lvlm)
     chunks = []
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
         batch = lvlm.encode([query.image for query in chunk], [query.prompt for query in chunk], virtual_tokens=virtual_tokens)
-        with lvlm.model_inputs(batch, tensor) as inputs:
-            output = lvlm.model.model(**inputs, output_hidden_states=True, use_cache=False)
-        if output.hidden_states is None:
-            raise SectensorError(f"{lvlm.architecture} does not report per-layer hidden states")
-        # Rows are left-padded, so position -1 is every row's last prompt token. Index 0 is the embedding output.
-        chunks.append(torch.stack([layer[:, -1] for layer in output.hidden_states[1:]], dim=1).float().cpu())
+        recorded: dict[int, torch.Tensor] = {}
+
+        def recorder(index: int):
+            def record(module, args, output):
+                hidden = output[0] if isinstance(output, tuple) else output
+                recorded[index] = hidden[:, -1].float().cpu()  # rows are left-padded: -1 is the last prompt token
+
+            return record
+
+        handles = [layer.register_forward_hook(recorder(index)) for index, layer in enumerate(layers)]
+        try:
+            with lvlm.model_inputs(batch, tensor) as inputs:
+                lvlm.model.model(**inputs, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if 0 not in recorded:
+            raise SectensorError(f"the first decoder block of {lvlm.architecture} did not run")
+        states = [recorded[0]]
+        for index in range(1, len(layers)):
+            states.append(recorded.get(index, states[-1]))  # a skipped block passes its input on
+        chunks.append(torch.stack(states, dim=1))
     return torch.cat(chunks)
+
+
+def decoder_layers(lvlm: "LVLM") -> torch.nn.ModuleList:
+    """The language model's decoder blocks, in order (the same place in every supported family)."""
+    layers = getattr(lvlm.model.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise SectensorError(f"cannot find the decoder blocks of {lvlm.architecture}'s language model")
+    return layers
 
 
 def pair_similarities(first: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:

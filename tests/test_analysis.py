@@ -42,11 +42,13 @@ def test_one_point_per_layer_without_the_embedding_output(tiny_llava, small_set)
         assert curves["normal_normal"]["num_pairs"] == 3 and curves["normal_malicious"]["num_pairs"] == 6
     states = last_token_states(tiny_llava, image[:2])
     assert states.shape == (2, num_layers, tiny_llava.hidden_size)
-    # The last layer's point is the model's final (normed) last-token state; the embedding output is not a point.
+    # Point k is the output of block k (transformers' hidden_states[k]; [0] is the embedding output, not a point),
+    # and the last point is taken before the final norm.
     batch = tiny_llava.encode([query.image for query in image[:2]], [query.prompt for query in image[:2]])
     with torch.no_grad(), tiny_llava.model_inputs(batch) as inputs:
-        final = tiny_llava.model.model(**inputs).last_hidden_state[:, -1]
-    torch.testing.assert_close(states[:, -1], final)
+        output = tiny_llava.model.model(**inputs, output_hidden_states=True)
+        torch.testing.assert_close(states[:, 0], output.hidden_states[1][:, -1])
+        torch.testing.assert_close(tiny_llava.model.get_decoder().norm(states[:, -1]), output.last_hidden_state[:, -1])
 
 
 def test_identical_inputs_give_similarity_one(tiny_llava, small_set):
@@ -215,3 +217,30 @@ def test_organism_analysis_writes_json_and_png(tmp_path):
     result = json.loads((tmp_path / "out" / "analysis.json").read_text())
     assert len(result["conditions"]["text"]["gap"]) == result["num_layers"]
     assert (tmp_path / "out" / "analysis.png").stat().st_size > 10_000
+
+
+def _family_builders():
+    try:
+        from tiny_families import TINY_BUILDERS
+    except ImportError:
+        return {}
+    return TINY_BUILDERS
+
+
+@pytest.mark.parametrize("architecture", sorted(_family_builders()) or ["no tiny families"])
+def test_every_family_gives_one_point_per_layer_with_both_tensor_kinds(architecture, small_set):
+    from sectensor.adapters import ADAPTERS
+    from sectensor.lvlm import LVLM
+
+    if architecture not in ADAPTERS:
+        pytest.skip(f"no adapter for {architecture} yet")
+    model, processor = _family_builders()[architecture]()
+    lvlm = LVLM(model, processor, architecture)
+    text = small_set[0][:2] + small_set[0][3:4]  # two benign, one harmful
+    images = small_set[1][:2] + small_set[1][3:4]
+    num_layers = model.config.get_text_config().num_hidden_layers
+    zero = analyze(lvlm, text, images, VisualSecurityTensor.zeros(lvlm))
+    assert len(zero["conditions"]["text"]["gap"]) == len(zero["conditions"]["image"]["gap"]) == num_layers
+    assert zero["conditions"]["image_with_tensor"] == zero["conditions"]["image"]
+    textual = analyze(lvlm, [], images, TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=3))["conditions"]
+    assert textual["image_with_tensor"]["gap"] != pytest.approx(textual["image"]["gap"], abs=1e-6)
