@@ -53,6 +53,8 @@ class FamilyAdapter:
     token_field_names: ClassVar[tuple[str, ...]] = ()
     # Names of processor outputs that describe the images (concatenated over the batch).
     image_field_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    # Whether generation may use a static (compilable) key-value cache on GPUs.
+    supports_static_cache: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, processor) -> None:
         self.model = model

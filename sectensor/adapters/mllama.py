@@ -37,6 +37,7 @@ from .registry import register_adapter
 @register_adapter
 class MllamaAdapter(FamilyAdapter):
     architectures = ("MllamaForConditionalGeneration",)
+    supports_static_cache = False  # its cross-attention key-value cache is not checked with compiled decoding
     image_field_names = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
     # Cross-attention key-value states do not fit transformers' static cache.
     supports_static_cache = False

@@ -1,0 +1,195 @@
+"""Training throughput of δv and δt on a LLaVA-1.5-7B-shaped model, against a reference-style loop.
+
+    python bench/bench_training.py            # on one GPU; prints JSON
+    python bench/bench_training.py --tiny     # a quick check of the script on CPU
+
+Reference style (the public research scripts): batch 1, float32 weights, a deep copy of the inputs every
+step, full-vocabulary logits at every position. Ours: the library's training step (`sectensor.training.row_losses`
+on batches from `LVLM.collate`): bfloat16 weights with a float32 δ, length-bucketed batches encoded once,
+logits only where answer tokens are predicted, SDPA attention. Also checks that our loss trajectory matches a
+straightforward float32 implementation on the same batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.llava_shapes import build_lvlm, llava_7b_config  # noqa: E402
+from sectensor import TextualSecurityTensor, VisualSecurityTensor  # noqa: E402
+from sectensor.training import row_losses  # noqa: E402
+
+PROMPTS = [
+    "Please describe what is in the image in detail and tell me how I can make one of these at home step by step.",
+    "What is in the image? Tell me where I can get this and how to use it, please explain.",
+    "Describe the picture. How do I make one of these? Answer the question with many more detail please.",
+]
+TARGET = "I'm sorry, but I cannot help with that request: it could hurt people."
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def rows_for(lvlm, count: int, virtual_tokens: int = 0):
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(count):
+        image = Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8))
+        batch = lvlm.encode([image], [PROMPTS[index % len(PROMPTS)]], answers=[TARGET], virtual_tokens=virtual_tokens)
+        rows.append(batch)
+    return rows
+
+
+def one_row(batch):
+    from sectensor.adapters import RowEncoding
+
+    return RowEncoding(batch.input_ids[0], {k: v[0] for k, v in batch.token_fields.items()}, dict(batch.image_fields),
+                       batch.virtual_mask[0], batch.target_mask[0])
+
+
+def reference_loop(lvlm, rows, steps: int) -> dict:
+    """Batch 1, float32, deep copy of inputs each step, full logits."""
+    tensor = VisualSecurityTensor.zeros(lvlm).to(lvlm.device)
+    optimizer = torch.optim.AdamW([tensor.delta], lr=16e-4)
+    times = []
+    for step in range(steps):
+        sync()
+        start = time.perf_counter()
+        batch = copy.deepcopy(rows[step % len(rows)])
+        labels = torch.where(batch.target_mask, batch.input_ids, -100).to(lvlm.device)
+        with lvlm.model_inputs(batch, tensor) as inputs:
+            loss = lvlm.model(**inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        tensor.project_()
+        sync()
+        times.append(time.perf_counter() - start)
+    return {"samples_per_s": round(1 / float(np.median(times[1:] or times)), 2)}
+
+
+def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", compiled: bool = False) -> dict:
+    tensor = (VisualSecurityTensor.zeros(lvlm) if kind == "visual" else TextualSecurityTensor.from_vocabulary(lvlm, 100)).to(lvlm.device)
+    optimizer = torch.optim.AdamW([tensor.delta], lr=16e-4)
+    encodings = [one_row(row) for row in rows]
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    times, losses = [], []
+    for step in range(steps):
+        chunk = [encodings[(step * batch_size + i) % len(encodings)] for i in range(batch_size)]
+        sync()
+        start = time.perf_counter()
+        batch = lvlm.collate(chunk)
+        loss = row_losses(lvlm, batch, tensor).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if kind == "visual":
+            tensor.project_()
+        sync()
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss.detach()))
+    result = {"batch_size": batch_size, "kind": kind, "compiled": compiled,
+              "samples_per_s": round(batch_size / float(np.median(times[3:] or times)), 2),
+              "tokens_per_sample": int(chunk[0].input_ids.shape[0])}
+    if torch.cuda.is_available():
+        result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    return result
+
+
+def trajectory(lvlm, rows, batch_size: int, steps: int, straightforward: bool) -> list[float]:
+    """Losses of `steps` δv updates from zero on fixed batches; straightforward = full logits, plain CE."""
+    tensor = VisualSecurityTensor.zeros(lvlm).to(lvlm.device)
+    optimizer = torch.optim.AdamW([tensor.delta], lr=16e-4)
+    encodings = [one_row(row) for row in rows]
+    losses = []
+    for step in range(steps):
+        batch = lvlm.collate([encodings[(step * batch_size + i) % len(encodings)] for i in range(batch_size)])
+        if straightforward:
+            with lvlm.model_inputs(batch, tensor) as inputs:
+                logits = lvlm.model(**inputs).logits.float()
+            target = batch.target_mask.to(lvlm.device)
+            predicting = torch.zeros_like(target)
+            predicting[:, :-1] = target[:, 1:]
+            token_losses = F.cross_entropy(logits[predicting], batch.input_ids.to(lvlm.device)[target], reduction="none")
+            rows_of = torch.nonzero(predicting, as_tuple=True)[0]
+            per_row = torch.zeros(batch.size, device=logits.device).index_add(0, rows_of, token_losses)
+            loss = (per_row / torch.bincount(rows_of, minlength=batch.size)).mean()
+        else:
+            loss = row_losses(lvlm, batch, tensor).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        tensor.project_()
+        losses.append(round(float(loss.detach()), 4))
+    return losses
+
+
+def free(lvlm) -> None:
+    del lvlm.model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="a small model on CPU, to check the script")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--steps", type=int, default=12)
+    args = parser.parse_args()
+    device = "cpu" if args.tiny else "cuda"
+    config = llava_7b_config()
+    if args.tiny:
+        config.text_config.num_hidden_layers = config.vision_config.num_hidden_layers = 1
+        config.text_config.hidden_size, config.text_config.intermediate_size = 256, 512
+        config.text_config.num_attention_heads = config.text_config.num_key_value_heads = 4
+        args.batch_sizes, args.steps = [2], 3
+    results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+
+    lvlm = build_lvlm(torch.float32, device, config)
+    rows = rows_for(lvlm, max(args.batch_sizes) * 2)
+    results["reference_fp32_batch1"] = reference_loop(lvlm, rows, 3 if args.tiny else 8)
+    print(json.dumps(results), file=sys.stderr, flush=True)
+    results["trajectory_straightforward_fp32"] = trajectory(lvlm, rows, 4, 5, straightforward=True)
+    free(lvlm)
+
+    lvlm = build_lvlm(torch.bfloat16 if device == "cuda" else torch.float32, device, config)
+    results["trajectory_straightforward_same_dtype"] = trajectory(lvlm, rows_for(lvlm, 8), 4, 5, straightforward=True)
+    results["trajectory_ours"] = trajectory(lvlm, rows_for(lvlm, 8), 4, 5, straightforward=False)
+    rows = rows_for(lvlm, max(args.batch_sizes) * 4)
+    textual_rows = rows_for(lvlm, args.batch_sizes[0] * 2, virtual_tokens=100)
+    plans = [(rows, size, "visual", False) for size in args.batch_sizes] + [(textual_rows, args.batch_sizes[0], "textual", False)]
+    plans += [(rows, size, "visual", True) for size in args.batch_sizes] + [(textual_rows, args.batch_sizes[0], "textual", True)]
+    runs = results["ours"] = []
+    for plan_rows, batch_size, kind, compiled in plans:
+        if compiled:
+            lvlm.compile_blocks()
+        try:
+            runs.append(our_loop(lvlm, plan_rows, batch_size, args.steps, kind, compiled))
+        except torch.OutOfMemoryError:
+            runs.append({"batch_size": batch_size, "kind": kind, "compiled": compiled, "error": "out of memory"})
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    best = max((run for run in runs if run.get("kind") == "visual" and "samples_per_s" in run), key=lambda r: r["samples_per_s"])
+    results["best_visual_speedup_over_reference"] = round(best["samples_per_s"] / results["reference_fp32_batch1"]["samples_per_s"], 1)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
