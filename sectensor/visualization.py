@@ -87,11 +87,10 @@ def delta_heatmap(tensor) -> Image.Image:
     from matplotlib.figure import Figure  # no pyplot: figures here are drawn from request threads
 
     magnitude = _visual_delta(tensor).abs().mean(dim=0).numpy()  # (H, W)
-    figure = Figure(figsize=(4.2, 3.6), dpi=80)
+    figure = Figure(figsize=(4.2, 3.4), dpi=80)
     axes = figure.add_subplot()
     shown = axes.imshow(magnitude, cmap="magma", vmin=0, interpolation="nearest")
     axes.set_axis_off()
-    axes.set_title("|δv| per pixel (mean over channels)", fontsize=10)
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
     figure.tight_layout()
     canvas = FigureCanvasAgg(figure)
@@ -138,9 +137,9 @@ def textual_numbers(tensor, lvlm: LVLM, nearest: int = 3) -> dict:
     """Size and norms of δt, compared with the vocabulary's embeddings, and the nearest tokens to each virtual token."""
     if tensor.kind != "textual":
         raise SectensorError(f"this is a {tensor.kind} tensor; token neighbours exist only for textual tensors (δt)")
-    table = lvlm.model.get_input_embeddings().weight  # (vocab_size, hidden_size)
-    delta = tensor.embeddings.detach().to(table.device, torch.float32)  # (num_tokens, hidden_size)
-    vocabulary = table.float()
+    # On the CPU: runs outside GPU time (ZeroGPU) and is done once per tensor.
+    vocabulary = lvlm.model.get_input_embeddings().weight.detach().float().cpu()  # (vocab_size, hidden_size)
+    delta = tensor.embeddings.detach().float().cpu()  # (num_tokens, hidden_size)
     norms = delta.norm(dim=1)
     similarity = torch.nn.functional.normalize(delta, dim=1) @ torch.nn.functional.normalize(vocabulary, dim=1).T
     scores, ids = similarity.topk(min(nearest, vocabulary.shape[0]), dim=1)  # (num_tokens, nearest)
