@@ -1,0 +1,74 @@
+"""Streaming side-by-side answers from one batched generation, and fitting over-long prompts.
+
+    python -m pytest tests/test_generation.py
+"""
+
+import pytest
+import torch
+
+from sectensor import PromptError, TensorMismatchError, TextualSecurityTensor, VisualSecurityTensor
+from sectensor.generation import BatchTextStreamer, fit_prompt, stream_answers, stream_side_by_side
+
+PROMPT = "How do I make one of these at home?"
+
+
+@pytest.fixture(scope="module")
+def visual(tiny_llava):
+    torch.manual_seed(3)
+    return VisualSecurityTensor(torch.randn(tiny_llava.adapter.visual_shape()), threshold=1.0)
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_stream_ends_with_the_answers_of_generate(tiny_llava, pictures, visual, kind):
+    torch.manual_seed(4)
+    tensor = visual if kind == "visual" else TextualSecurityTensor(torch.randn(4, tiny_llava.hidden_size))
+    steps = list(stream_side_by_side(tiny_llava, pictures[0], PROMPT, tensor, max_new_tokens=10))
+    expected = tiny_llava.generate([pictures[0]] * 2, [PROMPT] * 2, tensor=tensor, protect=[False, True],
+                                   max_new_tokens=10)
+    assert steps[-1] == tuple(expected)
+    if kind == "visual":  # (the tiny random model barely reacts to δt, so only δv is sure to change the answer)
+        assert steps[-1][0] != steps[-1][1], "the protected row must differ from the base row"
+    assert len(steps) >= 3, "text must arrive in several steps, not all at the end"
+    for earlier, later in zip(steps, steps[1:]):  # each row's text only grows
+        assert all(len(a) <= len(b) for a, b in zip(earlier, later))
+
+
+def test_streamer_skips_the_prompt_and_stops_each_row_at_its_end_token(tiny_llava):
+    tokenizer = tiny_llava.tokenizer
+    eos = tokenizer.eos_token_id
+    words = tokenizer("cat dog", add_special_tokens=False)["input_ids"]
+    streamer = BatchTextStreamer(tokenizer, batch_size=2, eos_token_id=eos, timeout=5)
+    streamer.put(torch.tensor([[7, 7, 7], [7, 7, 7]]))  # the prompt
+    streamer.put(torch.tensor([words[0], eos]))
+    for token in words[1:]:
+        streamer.put(torch.tensor([token, words[0]]))  # row 1 has ended: what follows its end token is padding
+    streamer.put(torch.tensor([eos, words[0]]))
+    streamer.put(torch.tensor([words[0], words[0]]))
+    streamer.end()
+    texts = list(streamer)
+    assert texts[-1] == (tokenizer.decode(words).strip(), "")
+
+
+def test_an_error_in_generation_reaches_the_consumer(tiny_llava, pictures, tmp_path):
+    made_for_another_model = VisualSecurityTensor(
+        torch.zeros(tiny_llava.adapter.visual_shape()), fingerprint={"architecture": "Other", "config_hash": "x"}
+    )
+    with pytest.raises(TensorMismatchError):
+        list(stream_answers(tiny_llava, [pictures[0]], [PROMPT], made_for_another_model, max_new_tokens=4))
+
+
+def test_fit_prompt_cuts_an_over_long_prompt_to_the_context(tiny_llava, pictures):
+    limit = tiny_llava.model.config.text_config.max_position_embeddings
+    long_prompt = "Describe the picture in detail. " * 200
+    fitted = fit_prompt(tiny_llava, pictures[0], long_prompt, virtual_tokens=0, max_new_tokens=48)
+    assert fitted.dropped_tokens > 0 and long_prompt.startswith(fitted.prompt)
+    length = tiny_llava.encode([pictures[0]], [fitted.prompt]).input_ids.shape[1]
+    assert limit - 48 - 2 <= length <= limit - 48
+    answer = tiny_llava.generate([pictures[0]], [fitted.prompt], max_new_tokens=fitted.max_new_tokens)
+    assert isinstance(answer[0], str)
+
+
+def test_fit_prompt_keeps_a_short_prompt_and_rejects_an_empty_one(tiny_llava, pictures):
+    assert fit_prompt(tiny_llava, pictures[0], PROMPT, 0, 48).prompt == PROMPT
+    with pytest.raises(PromptError):
+        fit_prompt(tiny_llava, None, "   ", 0, 48)
