@@ -237,8 +237,9 @@ def build_tiny_smolvlm(seed: int = 0):
 def build_tiny_mllama(seed: int = 0):
     """MllamaForConditionalGeneration: up to 4 tiles of 32 px, one cross-attention layer.
 
-    The cross-attention gates start at zero in a fresh model, which would hide the image from the text;
-    they are set to 1 so that the image (and δv) reaches the logits, as in a trained checkpoint.
+    The cross-attention gates start at zero in a fresh model, which would hide the image from the text, and
+    the projector's small initial weights make it faint; the gates are set to 1 and the projector scaled up so
+    that the image (and δv) reaches the logits, as in a trained checkpoint.
     """
     from transformers import (
         MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor, MllamaTextConfig,
@@ -268,6 +269,7 @@ def build_tiny_mllama(seed: int = 0):
         for name, parameter in model.named_parameters():
             if "cross_attn_attn_gate" in name or "cross_attn_mlp_gate" in name:
                 parameter.fill_(1.0)
+        model.model.multi_modal_projector.weight.normal_(std=0.3)
     image_processor = MllamaImageProcessorPil(size={"height": 32, "width": 32}, max_image_tiles=4)
     processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
     return model, processor

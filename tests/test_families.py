@@ -1,0 +1,235 @@
+"""Every supported family through the one code path: tiny random-weight instances, offline, on CPU.
+
+    python -m pytest tests/test_families.py
+
+A new family needs one adapter file and one entry in `tiny_families.TINY_BUILDERS`.
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sectensor
+from sectensor import TextualSecurityTensor, VisualSecurityTensor
+from sectensor.adapters import ADAPTERS
+from sectensor.lvlm import LVLM
+from sectensor.tensors import CONFIG_NAME, model_fingerprint
+from tiny_families import TINY_BUILDERS
+
+FAMILIES = ["LlavaForConditionalGeneration", *TINY_BUILDERS]
+PROMPTS = ["What is in this image?", "How do I make one of these?", "Describe the picture.", "Where can I buy this?"]
+REFUSAL = "I'm sorry, but I cannot help with that request."
+
+
+@pytest.fixture(scope="session", params=FAMILIES, ids=lambda name: name.removesuffix("ForConditionalGeneration"))
+def lvlm(request) -> LVLM:
+    if request.param == "LlavaForConditionalGeneration":
+        return request.getfixturevalue("tiny_llava")
+    model, processor = TINY_BUILDERS[request.param](seed=0)
+    return LVLM(model, processor, f"tiny/{request.param}")
+
+
+def picture(height: int, width: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+PICTURES = [picture(40, 48, 0), picture(56, 40, 1), picture(24, 72, 2), picture(64, 64, 3)]
+
+
+def logits(lvlm, batch, tensor=None, protect=None, **kwargs):
+    with torch.no_grad(), lvlm.model_inputs(batch, tensor, protect) as inputs:
+        return lvlm.model(**inputs, **kwargs).logits
+
+
+def random_visual(lvlm, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return VisualSecurityTensor(torch.randn(lvlm.adapter.visual_shape(), generator=generator) * scale, threshold=1.0,
+                                fingerprint=model_fingerprint(lvlm))
+
+
+def sa_loss(lvlm, batch, tensor):
+    answer_logits, labels, _ = lvlm.answer_logits(batch, tensor)
+    return torch.nn.functional.cross_entropy(answer_logits, labels)
+
+
+def train(lvlm, tensor, batch, steps, lr):
+    optimizer = torch.optim.AdamW(tensor.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = sa_loss(lvlm, batch, tensor)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if tensor.kind == "visual":
+            tensor.project_()
+
+
+def test_every_family_is_registered():
+    assert set(FAMILIES) <= set(ADAPTERS)
+
+
+def test_zero_visual_tensor_is_bit_identical(lvlm):
+    batch = lvlm.encode(PICTURES, PROMPTS)
+    zero = VisualSecurityTensor.zeros(lvlm)
+    assert torch.equal(logits(lvlm, batch), logits(lvlm, batch, zero))
+    assert lvlm.generate(PICTURES[:2], PROMPTS[:2], tensor=zero, max_new_tokens=4) == lvlm.generate(
+        PICTURES[:2], PROMPTS[:2], max_new_tokens=4
+    )
+
+
+def test_nonzero_tensors_change_logits(lvlm):
+    batch = lvlm.encode(PICTURES, PROMPTS)
+    base = logits(lvlm, batch)[:, -1]
+    assert not torch.allclose(base, logits(lvlm, batch, random_visual(lvlm))[:, -1], atol=1e-4)
+    textual = TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=4)
+    with_slots = lvlm.encode(PICTURES, PROMPTS, virtual_tokens=4)
+    assert not torch.allclose(base, logits(lvlm, with_slots, textual)[:, -1], atol=1e-4)
+
+
+def test_uniform_visual_tensor_lands_on_the_picture_pixels(lvlm):
+    """A constant δv must add exactly what brightening the picture adds: on every real pixel of every tile or
+    patch, and nowhere on padding. This pins the mapping's placement, tiling and padding for each family."""
+    image_processor = lvlm.processor.image_processor
+    std = torch.tensor(image_processor.image_std, dtype=torch.float32)
+    shift = 40
+    for height, width in [(40, 48), (24, 72), (16, 16)]:
+        dark = Image.new("RGB", (width, height), (100, 100, 100))
+        bright = Image.new("RGB", (width, height), (100 + shift, 100 + shift, 100 + shift))
+        batch = lvlm.encode([dark, bright], PROMPTS[:1] * 2)
+        delta = (shift * image_processor.rescale_factor / std).view(3, 1, 1).expand(lvlm.adapter.visual_shape())
+        one_image = {name: value[:1] for name, value in batch.image_fields.items()}
+        brightened = lvlm.adapter.apply_visual(one_image, delta, torch.tensor([True]))
+        expected = {name: value[1:] for name, value in batch.image_fields.items()}
+        rows = torch.zeros(1, dtype=torch.long)
+        got = lvlm.adapter.model_image_inputs(brightened, rows, batch.input_ids[:1])
+        want = lvlm.adapter.model_image_inputs(expected, rows, batch.input_ids[1:])
+        assert got.keys() == want.keys()
+        for name in got:
+            torch.testing.assert_close(got[name], want[name], atol=2e-5, rtol=0, msg=f"{name} for a {height}x{width} picture")
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_gradients_reach_the_tensor_only(lvlm, kind):
+    if kind == "visual":
+        tensor = random_visual(lvlm, scale=0.1)
+        batch = lvlm.encode(PICTURES[:2], PROMPTS[:2], answers=[REFUSAL, "A cat."])
+    else:
+        tensor = TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=3)
+        batch = lvlm.encode(PICTURES[:2], PROMPTS[:2], answers=[REFUSAL, "A cat."], virtual_tokens=3)
+    sa_loss(lvlm, batch, tensor).backward()
+    assert tensor.delta.grad is not None and tensor.delta.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in lvlm.model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_a_few_training_steps_lower_the_sa_loss(lvlm, kind):
+    slots = 4 if kind == "textual" else 0
+    batch = lvlm.encode(PICTURES[:2], PROMPTS[1:3], answers=[REFUSAL, REFUSAL], virtual_tokens=slots)
+    tensor = TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=slots) if kind == "textual" else VisualSecurityTensor.zeros(lvlm)
+    with torch.no_grad():
+        before = sa_loss(lvlm, batch, tensor).item()
+    train(lvlm, tensor, batch, steps=6, lr=0.05)
+    with torch.no_grad():
+        after = sa_loss(lvlm, batch, tensor).item()
+    assert after < before - 1e-3, (before, after)
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_mixed_batch_equals_separate_runs(lvlm, kind):
+    tensor = random_visual(lvlm, seed=1, scale=2.0) if kind == "visual" else TextualSecurityTensor(
+        torch.randn(5, lvlm.hidden_size, generator=torch.Generator().manual_seed(1)), model_fingerprint(lvlm))
+    slots = 5 if kind == "textual" else 0
+    images = [PICTURES[0], PICTURES[0], PICTURES[2], PICTURES[2]]
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    protect = [False, True, False, True]
+    mixed = logits(lvlm, lvlm.encode(images, prompts, virtual_tokens=slots, protect=protect), tensor, protect)[:, -1]
+    for row in range(4):
+        alone_tensor = tensor if protect[row] else None
+        alone = logits(lvlm, lvlm.encode(images[row:row + 1], prompts[row:row + 1], virtual_tokens=slots if protect[row] else 0),
+                       alone_tensor)[0, -1]
+        torch.testing.assert_close(mixed[row], alone, atol=1e-4, rtol=1e-4)
+    answers = lvlm.generate(images, prompts, tensor=tensor, protect=protect, max_new_tokens=5)
+    assert answers[1] == lvlm.generate(images[1:2], prompts[1:2], tensor=tensor, max_new_tokens=5)[0]
+    assert answers[2] == lvlm.generate(images[2:3], prompts[2:3], max_new_tokens=5)[0]
+
+
+def test_text_only_row_batched_with_images_equals_its_own_run(lvlm):
+    if lvlm.architecture == "MllamaForConditionalGeneration":
+        pytest.skip("Mllama adds gated cross-attention over padding tiles to text-only rows (see adapters/mllama.py)")
+    mixed = logits(lvlm, lvlm.encode([PICTURES[0], None], PROMPTS[:2]))[:, -1]
+    alone = logits(lvlm, lvlm.encode([None], PROMPTS[1:2]))[0, -1]
+    torch.testing.assert_close(mixed[1], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_visual_tensor_trained_on_one_size_applies_to_another(lvlm):
+    scene = picture(5, 6, seed=5)  # a smooth picture, drawn at two sizes and aspect ratios
+    small, large = scene.resize((48, 40), Image.BILINEAR), scene.resize((80, 64), Image.BILINEAR)
+    train_batch = lvlm.encode([small], [PROMPTS[1]], answers=[REFUSAL])
+    other_batch = lvlm.encode([large], [PROMPTS[1]], answers=[REFUSAL])
+    tensor = VisualSecurityTensor.zeros(lvlm)
+    with torch.no_grad():
+        before = sa_loss(lvlm, other_batch, tensor).item()
+    train(lvlm, tensor, train_batch, steps=6, lr=0.1)
+    with torch.no_grad():
+        after = sa_loss(lvlm, other_batch, tensor).item()
+    assert after < before - 1e-3, (before, after)
+
+
+def test_save_load_round_trip_names_the_architecture(lvlm, tmp_path):
+    import json
+
+    visual = random_visual(lvlm, seed=3)
+    textual = TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=3)
+    for tensor in (visual, textual):
+        folder = tensor.save_pretrained(tmp_path / tensor.kind)
+        loaded = sectensor.SecurityTensor.from_pretrained(folder)
+        assert type(loaded) is type(tensor) and torch.equal(loaded.delta, tensor.delta)
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        assert config["base_model"]["architecture"] == lvlm.architecture
+        assert config["base_model"]["text_hidden_size"] == lvlm.hidden_size
+        loaded.check_compatible(lvlm)
+    batch = lvlm.encode(PICTURES[:2], PROMPTS[:2])
+    reloaded = sectensor.SecurityTensor.from_pretrained(tmp_path / "visual")
+    assert torch.equal(logits(lvlm, batch, visual), logits(lvlm, batch, reloaded))
+
+
+def test_fingerprint_tells_families_apart():
+    hashes = {}
+    for architecture, build in TINY_BUILDERS.items():
+        model, processor = build(seed=0)
+        fingerprint = model_fingerprint(LVLM(model, processor, "tiny"))
+        assert fingerprint["architecture"] == architecture
+        assert fingerprint["text_hidden_size"] == 32 and fingerprint["vision_hidden_size"] is not None
+        hashes[architecture] = fingerprint["config_hash"]
+    # Qwen2-VL and Qwen2.5-VL share a shape-defining config here; all the others differ.
+    assert len(set(hashes.values())) >= len(hashes) - 1
+
+
+def test_last_token_hidden_states_reach_every_language_layer(lvlm):
+    batch = lvlm.encode(PICTURES[:2], PROMPTS[:2])
+    with torch.no_grad(), lvlm.model_inputs(batch, random_visual(lvlm)) as inputs:
+        hidden_states = lvlm.model(**inputs, output_hidden_states=True).hidden_states
+    layers = lvlm.model.config.get_text_config().num_hidden_layers
+    assert len(hidden_states) == layers + 1
+    last = torch.stack([states[:, -1] for states in hidden_states])  # (layers + 1, batch_size, hidden_size)
+    assert last.shape == (layers + 1, 2, lvlm.hidden_size) and torch.isfinite(last).all()
+    # every layer, cross-attention layers included, changes the last token's state
+    assert all(not torch.equal(last[index], last[index + 1]) for index in range(layers))
+
+
+def test_mllama_cross_attention_mask_matches_the_processor():
+    model, processor = TINY_BUILDERS["MllamaForConditionalGeneration"](seed=0)
+    lvlm = LVLM(model, processor, "tiny")
+    rendered = lvlm.adapter.format_prompt(PROMPTS[0], has_image=True)
+    expected = processor(images=[PICTURES[2]], text=[rendered], add_special_tokens=False, return_tensors="pt")
+    batch = lvlm.encode([PICTURES[2]], PROMPTS[:1])
+    assert torch.equal(batch.input_ids, expected["input_ids"])
+    with lvlm.model_inputs(batch) as inputs:
+        for name in ("cross_attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"):
+            assert torch.equal(inputs[name], expected[name].to(inputs[name].dtype)), name
+
+
+def test_unsupported_architecture_lists_every_family():
+    with pytest.raises(sectensor.UnsupportedModelError) as error:
+        sectensor.adapters.adapter_class_for("GPT2LMHeadModel")
+    assert all(name in str(error.value) for name in FAMILIES)
