@@ -108,6 +108,27 @@ def test_uniform_visual_tensor_lands_on_the_picture_pixels(lvlm):
             torch.testing.assert_close(got[name], want[name], atol=2e-5, rtol=0, msg=f"{name} for a {height}x{width} picture")
 
 
+def test_tile_and_patch_orders_match_the_processors():
+    """The uniform check above cannot see order; here the mapping's cuts are compared value by value with the
+    processors' own: LLaVA-NeXT's and Idefics3's row-major patches, Mllama's tiles, Qwen's merge-ordered patches."""
+    from transformers.image_transforms import divide_to_patches
+    from transformers.models.mllama.image_processing_pil_mllama import split_to_tiles_np
+
+    from sectensor.adapters.layout import split_tiles
+
+    canvas = torch.randn(3, 64, 96, generator=torch.Generator().manual_seed(0))
+    tiles = split_tiles(canvas, 32, 32)
+    assert torch.equal(tiles, torch.from_numpy(np.stack(divide_to_patches(canvas.numpy(), 32))))
+    assert torch.equal(tiles, torch.from_numpy(split_to_tiles_np(canvas.numpy(), 2, 3)))
+    model, processor = TINY_BUILDERS["Qwen2VLForConditionalGeneration"](seed=0)
+    adapter = LVLM(model, processor, "tiny").adapter
+    delta = torch.randn(3, 16, 24, generator=torch.Generator().manual_seed(1))  # already at the resized size
+    patches, grid_height, grid_width = processor.image_processor.patchify(
+        delta.numpy(), patch_size=4, merge_size=2, temporal_patch_size=2
+    )
+    assert torch.equal(adapter.map_delta(delta, grid_height, grid_width), torch.from_numpy(np.ascontiguousarray(patches)))
+
+
 @pytest.mark.parametrize("kind", ["visual", "textual"])
 def test_gradients_reach_the_tensor_only(lvlm, kind):
     if kind == "visual":
