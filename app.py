@@ -8,7 +8,10 @@ Every flag has an environment variable (see `python app.py --help`), so a Huggin
 through its settings alone.
 """
 
+import os
 import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # serve without calling home, as on an offline machine
 
 
 def main(argv: list[str] | None = None) -> int:

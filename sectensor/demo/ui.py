@@ -221,8 +221,13 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
 
 
 def _analysis_summary(results: dict) -> str:
-    layers = results.get("largest_gap_layers") or results.get("gap_layers")
-    return f"Layers with the largest gap: {layers}" if layers else ""
+    """One row per condition: where the N–N minus N–M gap is widest."""
+    rows = ["| queries | widest gap at layer | gap there | layers with ≥ half of it | mean gap |", "|---|---|---|---|---|"]
+    for condition, curves in results.get("conditions", {}).items():
+        band = "–".join(str(layer) for layer in curves["band"]) or "none"
+        rows.append(f"| {condition.replace('_', ' ')} | {curves['peak_layer']} | {curves['peak_gap']:.4f} | {band} | "
+                    f"{curves['mean_gap']:.4f} |")
+    return f"{results.get('num_layers', '?')} layers; {results.get('layer_numbering', '')}.\n\n" + "\n".join(rows)
 
 
 def launch(demo: gr.Blocks, settings: DemoSettings, **kwargs) -> None:
