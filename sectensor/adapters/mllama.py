@@ -15,8 +15,9 @@ from the token positions, so δt slots and answer tokens, which come after the i
 δv has shape (3, S, S). For each image it is resampled (bilinear) to the content size (ch, cw), put at the
 top left of a zero (3, th · S, tw · S) canvas and cut into th · tw tiles, as the picture is.
 
-Example (S = 560, a 600 × 1000 picture): canvas 1 × 2 tiles (560 × 1120), content (560, 933)
-    δv (3, 560, 560) -> resampled (3, 560, 933) -> canvas (3, 560, 1120) -> tiles (2, 3, 560, 560) -> padded to
+Example (S = 560, max 4 tiles, a picture of height 400 and width 1200): the smallest canvas that needs no
+shrinking is 1 × 3 tiles (560 × 1680); the picture fits it unscaled, content (400, 1200)
+    δv (3, 560, 560) -> resampled (3, 400, 1200) -> canvas (3, 560, 1680) -> tiles (3, 3, 560, 560) -> padded to
     (4, 3, 560, 560), added to pixel_values[i].
 
 A text-only row batched with image rows gets zero pixels and an all-zero cross_attention_mask, as the
