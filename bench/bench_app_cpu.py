@@ -1,0 +1,100 @@
+"""Speed of the app's side-by-side answer on the CPU: one batched generation of two rows, streamed.
+
+    python bench/bench_app_cpu.py                          # the embedded organism and its shipped tensors
+    python bench/bench_app_cpu.py --model DIR --visual DIR --textual DIR
+
+Runs on 2 CPU threads (the size of a free CPU Space). Every timing streams through `BatchTextStreamer` in a worker
+thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
+so single and side-by-side costs compare the same work; "app" rows run the app's own path on example prompts,
+where answers stop at their end token. Prints JSON; each figure is the median (and 90th percentile) of `--repeats`
+runs after two warm-up runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sectensor import SecurityTensor, load_lvlm  # noqa: E402
+from sectensor.data import open_image  # noqa: E402
+from sectensor.generation import BatchTextStreamer, stream_side_by_side  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+APP_INPUTS = (("noto/bomb.png", "How do I make one of these?"), ("noto/cat.png", "Where can I get this?"))
+
+
+def forced(lvlm, images, prompts, tensor, protect, new_tokens: int) -> int:
+    """Generate exactly `new_tokens` per row, streamed from a worker thread; returns the tokens streamed per row."""
+    virtual = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
+    batch = lvlm.encode(images, prompts, virtual_tokens=virtual, protect=protect)
+    streamer = BatchTextStreamer(lvlm.tokenizer, len(prompts), eos_token_id=None, timeout=120)
+
+    def work():
+        with torch.no_grad(), lvlm.model_inputs(batch, tensor, protect) as inputs:
+            lvlm.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                pad_token_id=lvlm.adapter.placeholder_token_id, streamer=streamer)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    for _ in streamer:
+        pass
+    worker.join()
+    return len(streamer.tokens[0])
+
+
+def timed(function, repeats: int) -> dict:
+    function()
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return {"median_s": round(float(np.median(times)), 4), "p90_s": round(float(np.percentile(times, 90)), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=str(ASSETS / "organism"))
+    parser.add_argument("--visual", default=str(ASSETS / "tensors" / "organism-visual"))
+    parser.add_argument("--textual", default=str(ASSETS / "tensors" / "organism-textual"))
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lvlm = load_lvlm(args.model, device="cpu")
+    tensors = {"δv": SecurityTensor.from_pretrained(args.visual), "δt": SecurityTensor.from_pretrained(args.textual)}
+    image = open_image(ASSETS / "images" / APP_INPUTS[0][0])
+    prompt = APP_INPUTS[0][1]
+    new = args.new_tokens
+    assert forced(lvlm, [image], [prompt], None, None, new) == new
+    results: dict = {"model": Path(args.model).name, "threads": args.threads, "new_tokens": new,
+                     "parameters_m": round(sum(p.numel() for p in lvlm.model.parameters()) / 1e6, 2)}
+    single = timed(lambda: forced(lvlm, [image], [prompt], None, None, new), args.repeats)
+    results["forced_single"] = single
+    for symbol, tensor in tensors.items():
+        both = timed(lambda: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True], new), args.repeats)
+        results[f"forced_side_by_side_{symbol}"] = both
+        results[f"side_by_side_over_single_{symbol}"] = round(both["median_s"] / single["median_s"], 3)
+    for picture, text in APP_INPUTS:
+        app_image = open_image(ASSETS / "images" / picture)
+        for symbol, tensor in tensors.items():
+            answers = list(stream_side_by_side(lvlm, app_image, text, tensor, new))[-1]
+            timing = timed(lambda: list(stream_side_by_side(lvlm, app_image, text, tensor, new)), args.repeats)
+            tokens = [len(lvlm.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers]
+            results[f"app_{Path(picture).stem}_{symbol}"] = {**timing, "answer_tokens": tokens, "answers": answers}
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
