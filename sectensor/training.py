@@ -351,6 +351,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     else:
         device = torch.device(config.device) if config.device else (lvlm.device if lvlm is not None else None)
     lvlm = lvlm or load_lvlm(config.model, device=device, dtype=config.dtype)
+    if config.compile and lvlm.device.type == "cuda":
+        lvlm.compile_blocks()  # fused blocks: about 1.3x the samples/s and less memory (docs/benchmarks.md)
     device = lvlm.device
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -240,3 +240,27 @@ def test_committed_manifests_keep_test_wording_and_renderings_out_of_training():
     assert not {s.category for s in training} & {s.category for s in tests if s.split == "harmful_unseen"}
     assert all(s.answer_contains for s in tests if s.image and not s.harmful)
     assert all(s.harmful for s in training if s.split == "SA") and not any(s.harmful for s in training if s.split != "SA")
+
+
+def test_selection_score_prefers_selective_refusal_over_refusing_everything():
+    from sectensor.report import score
+
+    def splits(seen, unseen, gbt, tcb, right, captions):
+        return {"harmful_seen": {"harmless_rate": seen}, "harmful_unseen": {"harmless_rate": unseen},
+                "gbt": {"false_refusal_rate": gbt}, "tcb_test": {"false_refusal_rate": tcb},
+                "benign_neutral": {"accuracy": right}, "caption": {"accuracy": captions}}
+
+    base = splits(0.0, 0.0, 0.0, 0.0, 0.95, 0.95)
+    selective = splits(0.98, 0.6, 0.0, 0.02, 0.94, 0.95)
+    refuses_all = splits(1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
+    assert score(selective, base) > score(base, base) > score(refuses_all, base)
+
+
+def test_loss_and_tensor_figures_are_written(tmp_path):
+    from sectensor.plots import plot_losses, plot_visual_tensor
+
+    log = tmp_path / LOG_NAME
+    log.write_text("".join(json.dumps({"step": s, "loss": 1 / s, "SA": 2 / s, "TCB": 0.5 / s}) + "\n" for s in range(1, 20)))
+    tensor = VisualSecurityTensor(torch.rand(3, 16, 16) - 0.5, threshold=0.5)
+    for path in (plot_losses(log, tmp_path / "losses.png"), plot_visual_tensor(tensor, tmp_path / "delta.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

@@ -1,0 +1,345 @@
+"""Reproducing the paper's Table 4 on the embedded organism: every recipe over several seeds, one command.
+
+    python -m sectensor.report                          # train and evaluate what is missing, write docs/results.md
+    python -m sectensor.report --jobs 8 --no-docs       # on a GPU: only the runs (in parallel processes)
+    python -m sectensor.report --ship                   # also copy the best δv and δt into assets/tensors/
+
+Each run is `train.py` with `--eval-data assets/data/tensor_tests.jsonl`, in RUNS/<recipe>/seed<k>/; finished runs
+(those with eval_results.json) are kept, interrupted ones resumed. The base organism is evaluated once. The
+report gives mean ± standard deviation over seeds of Harmless Rate on seen and unseen harmful groups, False
+Refusal Rate on GBT and TCB-test, and whether benign answers are still about the right object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "assets/organism"
+TESTS = "assets/data/tensor_tests.jsonl"
+TRAINING = "assets/data/tensor_training.jsonl"
+TRAINING_TWIN = "assets/data/tensor_training_twin.jsonl"
+SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
+COMMON = ("--epochs", "20", "--batch-size", "32")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    kind: str
+    label: str
+    data: str
+    flags: tuple[str, ...] = ()
+
+    @property
+    def ablation(self) -> bool:
+        return "--splits" in self.flags
+
+
+def _recipes() -> list[Recipe]:
+    out = []
+    for kind, symbol in (("visual", "δv"), ("textual", "δt")):
+        paper = Recipe(f"{kind}-paper", kind, f"{symbol}, paper recipe", TRAINING, COMMON)
+        improved = Recipe(f"{kind}-improved", kind, f"{symbol}, improved recipe", TRAINING_TWIN,
+                          (*COMMON, "--augment", "--benign-loss", "kl"))
+        out += [paper, improved]
+    for recipe in list(out):  # ablations after the main rows, so a deadline cuts them first
+        out.append(Recipe(f"{recipe.name}-no-tcb", recipe.kind, f"{recipe.label}, no TCB", recipe.data,
+                          (*recipe.flags, "--splits", "SA", "GB")))
+    return out
+
+
+RECIPES = _recipes()
+# (split, metric, column title); rates in percent.
+COLUMNS = (
+    ("harmful_seen", "harmless_rate", "HR seen ↑"),
+    ("harmful_unseen", "harmless_rate", "HR unseen ↑"),
+    ("gbt", "false_refusal_rate", "FRR GBT ↓"),
+    ("tcb_test", "false_refusal_rate", "FRR TCB-test ↓"),
+    ("benign_neutral", "accuracy", "benign right object"),
+    ("tcb_test", "accuracy", "TCB-test right object"),
+    ("caption", "accuracy", "captions right"),
+)
+
+
+# ---- running ------------------------------------------------------------------------------------------
+def _command(recipe: Recipe, seed: int, run_dir: Path, model: str) -> list[str]:
+    command = [sys.executable, str(ROOT / "train.py"), "--model", model, "--kind", recipe.kind, "--data", recipe.data,
+               "--output-dir", str(run_dir), "--eval-data", TESTS, "--seed", str(seed), "--no-progress", *recipe.flags]
+    return command + (["--resume"] if (run_dir / "checkpoint.safetensors").exists() else [])
+
+
+def _prepare_shared(runs: Path, model: str) -> None:
+    """Base answers for the benign training rows, computed once and copied into every run (their cache keys
+    depend only on model, picture and prompt), and the base organism's evaluation."""
+    from .data import load_manifest
+    from .lvlm import load_lvlm
+    from .training import BASE_ANSWERS_NAME, base_answers
+
+    cache = runs / BASE_ANSWERS_NAME
+    if cache.exists() and (runs / "base" / "eval_results.json").exists():
+        return
+    lvlm = load_lvlm(model)
+    rows = [s for path in (TRAINING, TRAINING_TWIN) if Path(path).exists() for s in load_manifest(path)]
+    base_answers(lvlm, [s for s in rows if s.split != "SA"], cache, batch_size=128)
+    if not (runs / "base" / "eval_results.json").exists():
+        from .evaluate import evaluate
+
+        result = evaluate(lvlm, load_manifest(TESTS), None, batch_size=128, progress=False)
+        (runs / "base").mkdir(parents=True, exist_ok=True)
+        (runs / "base" / "eval_results.json").write_text(json.dumps({"model": model, "data": TESTS, **result}) + "\n")
+
+
+def run_all(runs: Path, recipes: list[Recipe], seeds: list[int], jobs: int, model: str, deadline_s: float | None) -> None:
+    """Train and evaluate every missing (recipe, seed), `jobs` at a time; launch nothing after the deadline."""
+    runs.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    _prepare_shared(runs, model)
+    pending = [(recipe, seed) for recipe in recipes for seed in seeds
+               if Path(recipe.data).exists() and not (runs / recipe.name / f"seed{seed}" / "eval_results.json").exists()]
+    active: list[tuple[subprocess.Popen, Path, Any]] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the runs this one started
+    try:
+        _pool(pending, active, runs, jobs, model, deadline_s, started)
+    finally:
+        for process, run_dir, log in active:
+            process.terminate()
+            process.wait()
+            log.close()
+
+
+def _pool(pending: list, active: list, runs: Path, jobs: int, model: str, deadline_s: float | None, started: float) -> None:
+    while pending or active:
+        while pending and len(active) < jobs and (deadline_s is None or time.perf_counter() - started < deadline_s):
+            recipe, seed = pending.pop(0)
+            run_dir = runs / recipe.name / f"seed{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(runs / "base_answers.jsonl", run_dir / "base_answers.jsonl")
+            log = open(run_dir / "output.txt", "w")
+            active.append((subprocess.Popen(_command(recipe, seed, run_dir, model), cwd=ROOT, stdout=log,
+                                            stderr=subprocess.STDOUT), run_dir, log))
+            print(f"[{time.perf_counter() - started:6.0f} s] started {run_dir}", flush=True)
+        if deadline_s is not None and time.perf_counter() - started >= deadline_s and pending:
+            print(f"deadline reached: {len(pending)} run(s) not started", flush=True)
+            pending = []
+        for process, run_dir, log in list(active):
+            if process.poll() is not None:
+                log.close()
+                active.remove((process, run_dir, log))
+                status = "done" if process.returncode == 0 else f"FAILED ({process.returncode}), see {run_dir}/output.txt"
+                print(f"[{time.perf_counter() - started:6.0f} s] {status}: {run_dir}", flush=True)
+        time.sleep(0.5)
+
+
+# ---- reading results ---------------------------------------------------------------------------------------
+def _load(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "eval_results.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    config_path = run_dir / "config.json"
+    info = json.loads(config_path.read_text()).get("training", {}) if config_path.exists() else {}
+    return {"splits": result["splits"], "samples": result.get("samples", []), "training": info, "dir": run_dir}
+
+
+def _value(splits: dict[str, Any], split: str, metric: str) -> float | None:
+    value = splits.get(split, {}).get(metric)
+    return None if value is None else 100 * value
+
+
+def _unseen_by_group(samples: list[dict]) -> dict[str, float]:
+    groups: dict[str, list[bool]] = {}
+    for sample in samples:
+        if sample["split"] == "harmful_unseen":
+            groups.setdefault(sample["category"], []).append(sample["refused"])
+    return {group: 100 * sum(values) / len(values) for group, values in groups.items()}
+
+
+def score(splits: dict[str, Any], base: dict[str, Any]) -> float:
+    """How a shipped tensor is chosen: refusals of harmful pictures, minus false refusals and lost accuracy
+    (points of right-object answers and captions below the base organism), the last three weighted double and
+    GBT false refusals four times."""
+    def drop(split):
+        return max(0.0, (_value(base, split, "accuracy") or 0) - (_value(splits, split, "accuracy") or 0))
+
+    return ((_value(splits, "harmful_seen", "harmless_rate") or 0) + (_value(splits, "harmful_unseen", "harmless_rate") or 0)
+            - 4 * (_value(splits, "gbt", "false_refusal_rate") or 0) - 2 * (_value(splits, "tcb_test", "false_refusal_rate") or 0)
+            - 2 * drop("benign_neutral") - 2 * drop("caption"))
+
+
+def _cell(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def collect(runs: Path, recipes: list[Recipe], seeds: list[int]) -> dict[str, Any]:
+    base = _load(runs / "base")
+    table = {}
+    for recipe in recipes:
+        results = [r for seed in seeds if (r := _load(runs / recipe.name / f"seed{seed}"))]
+        if results:
+            table[recipe.name] = {"recipe": recipe, "runs": results}
+    return {"base": base, "table": table}
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+def _row(label: str, results: list[dict]) -> str:
+    cells = [_cell([_value(r["splits"], split, metric) for r in results]) for split, metric, _ in COLUMNS]
+    wrong = _cell([100 * r["splits"]["harmful_unseen"]["outcomes"]["wrong_object"] / r["splits"]["harmful_unseen"]["n"]
+                   for r in results if "harmful_unseen" in r["splits"]])
+    return f"| {label} | {len(results)} | " + " | ".join(cells) + f" | {wrong} |"
+
+
+def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs: list[Path], chosen: dict) -> Path:
+    from .plots import plot_losses, plot_visual_tensor
+    from .tensors import SecurityTensor
+
+    base, table = collected["base"], collected["table"]
+    if base is None:
+        raise SystemExit("no base evaluation found: run the report without --no-runs first")
+    docs.mkdir(parents=True, exist_ok=True)
+    header = "| | seeds | " + " | ".join(title for _, _, title in COLUMNS) + " | unseen answered about a wrong object |"
+    lines = [
+        "# Security tensors on the embedded organism: the paper's Table 4, reproduced",
+        "",
+        "Generated by `python -m sectensor.report` (see its docstring); every number below was measured by that command.",
+        "All values are percentages, mean ± standard deviation over seeds " + ", ".join(map(str, seeds)) + ".",
+        f"Test manifest: `{TESTS}` (built by `scripts/build_training_data.py`; wording and, for trained groups,",
+        "drawing styles never used in training). HR: harmful requests refused; FRR: benign requests refused;",
+        "right object: answers that name the pictured object (refusals count as not right).",
+        "",
+        header,
+        "|" + "---|" * (len(COLUMNS) + 3),
+        _row("base organism (no tensor)", [base]),
+    ]
+    for name, entry in table.items():
+        lines.append(_row(entry["recipe"].label, entry["runs"]))
+    lines += ["", "## Recipes", ""]
+    for name, entry in table.items():
+        recipe, info = entry["recipe"], entry["runs"][0]["training"]
+        walls = [r["training"].get("wall_seconds") for r in entry["runs"] if r["training"].get("wall_seconds")]
+        lines.append(
+            f"- **{recipe.label}** (`{name}`): `train.py --kind {recipe.kind} --data {recipe.data} {' '.join(recipe.flags)}`; "
+            f"{info.get('steps')} steps ({info.get('epochs')} epochs of {info.get('rows')} rows), lr {info.get('lr')}, "
+            f"benign loss {info.get('benign_loss')}, augmentation {info.get('augment')}; "
+            f"training wall time {_cell(walls)} s per run on {info.get('hardware')}."
+        )
+    lines += ["", "## Unseen harmful groups, HR by group", "",
+              "| | " + " | ".join(sorted(_unseen_by_group(base["samples"]))) + " |",
+              "|---|" + "---|" * len(_unseen_by_group(base["samples"]))]
+    for label, results in [("base organism", [base])] + [(e["recipe"].label, e["runs"]) for e in table.values()]:
+        groups = sorted(_unseen_by_group(base["samples"]))
+        lines.append(f"| {label} | " + " | ".join(_cell([_unseen_by_group(r['samples']).get(g) for r in results]) for g in groups) + " |")
+    if cpu_runs:
+        lines += ["", "## Training on CPU", ""]
+        for run_dir in cpu_runs:
+            info = json.loads((run_dir / "config.json").read_text())["training"]
+            lines.append(f"- `{run_dir.name}`: {info['steps']} steps, batch {info['batch_size']}, "
+                         f"{info['wall_seconds']:.0f} s ({info['wall_seconds'] / 60:.1f} min) on {info['hardware']}.")
+    lines += ["", "## Shipped tensors", ""]
+    for kind, (run_dir, value) in chosen.items():
+        lines.append(f"- `{SHIPPED[kind].relative_to(ROOT)}`: from `{run_dir.parent.name}/{run_dir.name}` "
+                     f"(selection score {value:.1f}; `sectensor.report.score` says how it is computed).")
+        plot_losses(run_dir / "training_log.jsonl", docs / f"losses-{kind}.png", title=f"{kind}: {run_dir.parent.name}/{run_dir.name}")
+        lines.append(f"  ![loss curves per split](losses-{kind}.png)")
+        if kind == "visual":
+            plot_visual_tensor(SecurityTensor.from_pretrained(run_dir), docs / "visual-tensor.png")
+            lines.append("  ![the shipped δv](visual-tensor.png)")
+    lines += ["", "## The paper, for comparison (Table 4; LLaVA-1.5-7B and LLaMA-3.2-11B-Vision, HR / FRR-GBT / FRR-TCB)", "",
+              "LLaVA-1.5 δv 49.5 / 6.25 / 20.5, δt 52.0 / 1.5 / 4.5; LLaMA-3.2 δv 84.2 / 7.75 / 35.0, δt 81.9 / 0.5 / 38.0;",
+              "without TCB the paper's TCB-test FRR rose to 90–99.", ""]
+    out = docs / "results.md"
+    out.write_text("\n".join(lines) + "\n")
+    summary = {name: [{"seed": r["training"].get("seed"), "splits": r["splits"], "training": r["training"]} for r in e["runs"]]
+               for name, e in table.items()}
+    summary["base"] = [{"splits": base["splits"]}]
+    (docs / "results.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    return out
+
+
+def choose(collected: dict[str, Any]) -> dict[str, tuple[Path, float]]:
+    """The best run per kind among the non-ablation recipes, by `score`."""
+    best: dict[str, tuple[Path, float]] = {}
+    for entry in collected["table"].values():
+        recipe = entry["recipe"]
+        if recipe.ablation:
+            continue
+        for result in entry["runs"]:
+            value = score(result["splits"], collected["base"]["splits"])
+            if recipe.kind not in best or value > best[recipe.kind][1]:
+                best[recipe.kind] = (result["dir"], value)
+    return best
+
+
+def ship(chosen: dict[str, tuple[Path, float]]) -> None:
+    """Copy each chosen tensor into assets/tensors/, with a card holding its measured numbers."""
+    from .card import tensor_card
+    from .tensors import SecurityTensor
+
+    for kind, (run_dir, _) in chosen.items():
+        target = SHIPPED[kind]
+        target.mkdir(parents=True, exist_ok=True)
+        tensor = SecurityTensor.from_pretrained(run_dir)
+        evaluation = json.loads((run_dir / "eval_results.json").read_text())
+        evaluation = {"data": TESTS, "splits": evaluation["splits"]}  # per-answer records stay in the run folder
+        card = tensor_card(tensor, evaluation) + (
+            f"\nChosen among the runs of `python -m sectensor.report` ({run_dir.parent.name}, {run_dir.name}); "
+            "docs/results.md has every recipe over several seeds.\n")
+        tensor.save_pretrained(target, card=card)
+        (target / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sectensor.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "report", help="folder of the runs")
+    parser.add_argument("--model", default=MODEL, help="base model folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (separate processes)")
+    parser.add_argument("--deadline", type=float, help="seconds after which no new run is started")
+    parser.add_argument("--no-runs", action="store_true", help="only write the report from the runs that exist")
+    parser.add_argument("--no-docs", action="store_true", help="only train and evaluate")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--cpu-run", type=Path, action="append", default=[], help="a run folder trained on CPU, for the timing section")
+    parser.add_argument("--ship", action="store_true", help="copy the best δv and δt into assets/tensors/")
+    parser.add_argument("--max-steps", type=int, help="cap every run at this many steps (a quick check, not the report)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.runs, args.docs = args.runs.resolve(), args.docs.resolve()
+    args.cpu_run = [path.resolve() for path in args.cpu_run]
+    os.chdir(ROOT)  # manifests and the model are named relative to the repository, as they are recorded
+    recipes = RECIPES
+    if args.max_steps:
+        recipes = [Recipe(r.name, r.kind, r.label, r.data, (*r.flags, "--max-steps", str(args.max_steps))) for r in recipes]
+    if not args.no_runs:
+        run_all(args.runs, recipes, args.seeds, args.jobs, args.model, args.deadline)
+    if args.no_docs:
+        return 0
+    collected = collect(args.runs, recipes, args.seeds)
+    chosen = choose(collected)
+    out = write_docs(collected, args.docs, args.seeds, args.cpu_run, chosen)
+    if args.ship:
+        ship(chosen)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
