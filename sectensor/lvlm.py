@@ -324,6 +324,8 @@ def load_lvlm(
         processor = AutoProcessor.from_pretrained(name, revision=revision)
     except SectensorError:
         raise
+    except ImportError as error:  # e.g. the video processors of Qwen2-VL and SmolVLM need torchvision
+        raise SectensorError(f"cannot load {name!r}: {' '.join(str(error).split())}") from error
     except (OSError, ConnectionError) as error:
         if _is_local(name):
             raise SectensorError(f"cannot load the model in {name!r}: {error}") from error

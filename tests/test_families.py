@@ -68,6 +68,23 @@ def test_every_family_is_registered():
     assert set(FAMILIES) <= set(ADAPTERS)
 
 
+@pytest.mark.parametrize("architecture", TINY_BUILDERS)
+def test_load_lvlm_from_a_saved_folder(architecture, tmp_path):
+    import importlib.util
+
+    model, processor = TINY_BUILDERS[architecture](seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    if hasattr(processor, "video_processor") and importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(sectensor.SectensorError, match="cannot load.*Torchvision"):
+            sectensor.load_lvlm(tmp_path, device="cpu")
+        return
+    lvlm = sectensor.load_lvlm(tmp_path, device="cpu")
+    assert lvlm.adapter.architectures == sectensor.adapters.ADAPTERS[architecture].architectures
+    assert lvlm.architecture == architecture
+    assert lvlm.encode(PICTURES[:1], PROMPTS[:1]).image_rows.tolist() == [0]
+
+
 def test_zero_visual_tensor_is_bit_identical(lvlm):
     batch = lvlm.encode(PICTURES, PROMPTS)
     zero = VisualSecurityTensor.zeros(lvlm)
