@@ -182,11 +182,13 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
             views_notice = gr.Markdown(elem_classes="notice")
             with gr.Group(visible=False) as visual_group:
                 with gr.Row():
-                    slider = gr.ImageSlider(label="The model's view: without | with δv", type="pil", height=320,
-                                            elem_id="delta-slider")
-                    amplified = gr.Image(label="δv at full contrast (grey = 0)", type="pil", height=320,
+                    # PNG, not Gradio's default WebP: lossy compression would blur δv's pixels
+                    slider = gr.ImageSlider(label="The model's view: without | with δv", type="pil", format="png",
+                                            height=340, max_height=340, elem_id="delta-slider")
+                    amplified = gr.Image(label="δv at full contrast (grey = 0)", type="pil", format="png", height=340,
                                          elem_id="delta-amplified")
-                    heatmap = gr.Image(label="|δv| per pixel", type="pil", height=320, elem_id="delta-heatmap")
+                    heatmap = gr.Image(label="|δv| per pixel", type="pil", format="png", height=340,
+                                       elem_id="delta-heatmap")
                 visual_numbers = gr.Markdown(elem_id="delta-numbers")
             with gr.Group(visible=False) as textual_group:
                 textual_summary = gr.Markdown(elem_id="textual-numbers")
