@@ -227,8 +227,8 @@ def _analysis_summary(results: dict) -> str:
     rows = ["| queries | widest gap at layer | gap there | layers with ≥ half of it | mean gap |", "|---|---|---|---|---|"]
     for condition, curves in results.get("conditions", {}).items():
         band = "–".join(str(layer) for layer in curves["band"]) or "none"
-        rows.append(f"| {condition.replace('_', ' ')} | {curves['peak_layer']} | {curves['peak_gap']:.4f} | {band} | "
-                    f"{curves['mean_gap']:.4f} |")
+        rows.append(f"| {condition.replace('_', ' ')} | {curves['peak_layer']} | {curves['peak_gap']:.3g} | {band} | "
+                    f"{curves['mean_gap']:.3g} |")
     return f"{results.get('num_layers', '?')} layers; {results.get('layer_numbering', '')}.\n\n" + "\n".join(rows)
 
 
