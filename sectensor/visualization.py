@@ -44,8 +44,8 @@ def _first_picture(pixel_values: torch.Tensor, lvlm: LVLM) -> torch.Tensor:
     """The first (3, H, W) picture in a family's pixel tensor (LLaVA: the image; tiled families: the overview tile)."""
     if pixel_values.dim() < 3 or pixel_values.shape[-3] != 3:
         raise SectensorError(
-            f"{lvlm.architecture} passes pixels as {tuple(pixel_values.shape)}, not as (…, 3, height, width) pictures; "
-            "the picture views are not available for this family"
+            f"{lvlm.architecture} passes pixels as {tuple(pixel_values.shape)}, not as (…, 3, height, width) "
+            "pictures; the picture views are not available for this family"
         )
     return pixel_values.reshape(-1, *pixel_values.shape[-3:])[0].detach().float().cpu()
 
@@ -63,8 +63,9 @@ def _enlarged(picture: Image.Image) -> Image.Image:
 def visual_views(lvlm: LVLM, image: Image.Image, tensor) -> VisualViews:
     """The picture as the model sees it after preprocessing, without and with δv (clamped as in use)."""
     row = lvlm.adapter.encode(image.convert("RGB"), "x")
-    fields = {name: value for name, value in row.image_fields.items()}
-    protected = lvlm.adapter.apply_visual(fields, tensor.clamped().to(fields["pixel_values"].dtype), torch.tensor([True]))
+    fields = dict(row.image_fields)
+    delta = tensor.clamped().to(fields["pixel_values"].dtype)
+    protected = lvlm.adapter.apply_visual(fields, delta, torch.tensor([True]))
     mean, std = _normalization(lvlm)
     plain = _first_picture(fields["pixel_values"], lvlm)
     perturbed = _first_picture(protected["pixel_values"], lvlm)
@@ -134,7 +135,7 @@ def visual_numbers(tensor, lvlm: LVLM | None = None) -> dict:
 
 @torch.no_grad()
 def textual_numbers(tensor, lvlm: LVLM, nearest: int = 3) -> dict:
-    """Size and norms of δt, compared with the vocabulary's embeddings, and the nearest tokens to each virtual token."""
+    """Size and norms of δt, compared with the vocabulary's embeddings; the nearest tokens to each virtual token."""
     if tensor.kind != "textual":
         raise SectensorError(f"this is a {tensor.kind} tensor; token neighbours exist only for textual tensors (δt)")
     # On the CPU: runs outside GPU time (ZeroGPU) and is done once per tensor.

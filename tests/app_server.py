@@ -40,7 +40,8 @@ def running_app(*args: str, log: Path, timeout: float = 240) -> Iterator[str]:
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"app.py did not answer within {timeout} s:\n{log.read_text()[-3000:]}") from None
+                    output = log.read_text()[-3000:]
+                    raise RuntimeError(f"app.py did not answer within {timeout} s:\n{output}") from None
                 time.sleep(0.5)
         yield url
     finally:

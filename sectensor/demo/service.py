@@ -129,7 +129,8 @@ class DemoService:
         with Image.open(path) as probe:
             width, height = probe.size
         if max(width, height) > MAX_IMAGE_SIDE:
-            notices.append(f"The picture is {width}×{height} pixels; it was downscaled to {image.width}×{image.height} "
+            notices.append(f"The picture is {width}×{height} pixels; it was downscaled to "
+                           f"{image.width}×{image.height} "
                            f"(at most {MAX_IMAGE_SIDE} on the longer side) before the model's own preprocessing.")
         return image, notices
 
@@ -144,7 +145,8 @@ class DemoService:
             raise SectensorError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, not {max_new_tokens}")
         notices = []
         if len(prompt) > MAX_PROMPT_CHARACTERS:
-            notices.append(f"The prompt had {len(prompt)} characters; only the first {MAX_PROMPT_CHARACTERS} were kept.")
+            notices.append(f"The prompt had {len(prompt)} characters; only the first {MAX_PROMPT_CHARACTERS} "
+                           "were kept.")
             prompt = prompt[:MAX_PROMPT_CHARACTERS]
         virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
         fitted = fit_prompt(self.lvlm, image, prompt, virtual_tokens, int(max_new_tokens))
@@ -163,9 +165,8 @@ class DemoService:
         if tensor.kind == "textual":
             return TensorViews("textual", numbers=self._numbers(tensor_label))
         image, _ = self.read_image(image_path)
-        result = TensorViews(
-            "visual", amplified=delta_amplified(tensor), heatmap=delta_heatmap(tensor), numbers=self._numbers(tensor_label)
-        )
+        result = TensorViews("visual", amplified=delta_amplified(tensor), heatmap=delta_heatmap(tensor),
+                             numbers=self._numbers(tensor_label))
         if image is None:
             result.notice = "Add a picture to see it as the model sees it, without and with δv."
         else:
@@ -191,7 +192,8 @@ class DemoService:
         if tensor is not None and tensor.kind == "visual" and image is None:
             notices.append("δv acts on pictures only: without a picture both columns get the same input.")
         if tensor is None:
-            stream = ((texts[0], None) for texts in stream_answers(self.lvlm, [image], [prompt], None, None, max_new_tokens))
+            alone = stream_answers(self.lvlm, [image], [prompt], None, None, max_new_tokens)
+            stream = ((texts[0], None) for texts in alone)
         else:
             stream = stream_answers(self.lvlm, [image, image], [prompt, prompt], tensor, [False, True], max_new_tokens)
         current = Answers("", None if tensor is None else "", notices=notices)

@@ -56,7 +56,8 @@ def split_sources(values: Sequence[str]) -> list[str]:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="app.py", description="Base model and protected model side by side, and what a security tensor looks like.",
+        prog="app.py",
+        description="Base model and protected model side by side, and what a security tensor looks like.",
     )
     for name, info in DemoSettings.__dataclass_fields__.items():
         flag = "--" + ("tensor" if name == "tensors" else name.replace("_", "-"))

@@ -63,7 +63,8 @@ def _notices(lines: list[str]) -> str:
 def _visual_table(numbers: dict) -> str:
     head = (f"**δv** shape {tuple(numbers['shape'])}, clamp ±{numbers['threshold']:g} (normalized units) · "
             f"L∞ {numbers['L∞']:.3f} · L2 {numbers['L2']:.2f} · mean {numbers['mean']:+.4f} · "
-            f"mean |δv| {numbers['mean |δv|']:.3f} · {numbers['share at ±threshold']:.1%} of values at the clamp\n\n")
+            f"mean |δv| {numbers['mean |δv|']:.3f} · {numbers['share at ±threshold']:.1%} of values at the "
+            "clamp\n\n")
     columns = list(numbers["channels"][0])
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for channel in numbers["channels"]:
@@ -81,7 +82,8 @@ def _textual_summary(numbers: dict) -> str:
 
 def _nearest_rows(numbers: dict) -> list[list]:
     return [
-        [row["virtual token"], round(row["L2"], 4), ", ".join(f"{token!r} ({score:.2f})" for token, score in row["nearest tokens"])]
+        [row["virtual token"], round(row["L2"], 4),
+         ", ".join(f"{token!r} ({score:.2f})" for token, score in row["nearest tokens"])]
         for row in numbers["nearest"]
     ]
 
@@ -161,7 +163,8 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
                     with gr.Row(equal_height=True):
                         with gr.Column():
                             base_badge = gr.HTML(elem_id="base-badge")
-                            base_text = gr.Textbox(label="Base model", lines=8, interactive=False, elem_id="base-answer")
+                            base_text = gr.Textbox(label="Base model", lines=8, interactive=False,
+                                                   elem_id="base-answer")
                         with gr.Column():
                             protected_badge = gr.HTML(elem_id="protected-badge")
                             protected_text = gr.Textbox(label="Protected (with the security tensor)", lines=8,
@@ -224,7 +227,8 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
 
 def _analysis_summary(results: dict) -> str:
     """One row per condition: where the N–N minus N–M gap is widest."""
-    rows = ["| queries | widest gap at layer | gap there | layers with ≥ half of it | mean gap |", "|---|---|---|---|---|"]
+    rows = ["| queries | widest gap at layer | gap there | layers with ≥ half of it | mean gap |",
+            "|---|---|---|---|---|"]
     for condition, curves in results.get("conditions", {}).items():
         band = "–".join(str(layer) for layer in curves["band"]) or "none"
         rows.append(f"| {condition.replace('_', ' ')} | {curves['peak_layer']} | {curves['peak_gap']:.3g} | {band} | "
