@@ -141,3 +141,24 @@ def test_tensor_views(client):
     assert "L∞" in numbers and "green" in numbers and not textual_summary
     *_, textual_summary, nearest, notice = client.predict(None, DT, api_name="/tensor_views")
     assert "virtual tokens" in textual_summary and len(nearest["data"]) > 0
+
+
+def test_flags_win_over_environment_variables_which_win_over_defaults():
+    from sectensor.demo.settings import DEFAULT_TENSORS, settings_from
+
+    environ = {"SECTENSOR_MODEL": "org/model", "SECTENSOR_TENSORS": "a, b", "GRADIO_SERVER_PORT": "9000"}
+    settings = settings_from(["--port", "9100", "--tensor", "c", "--tensor", "d,e"], environ)
+    assert (settings.model, settings.tensors, settings.port, settings.host) == ("org/model", ["c", "d", "e"], 9100,
+                                                                                "127.0.0.1")
+    assert settings_from([], environ).tensors == ["a", "b"]
+    assert settings_from([], {}).tensors == list(DEFAULT_TENSORS)
+    assert settings_from(["--tensor", "none"], {}).tensors == []
+    with pytest.raises(ValueError, match="GRADIO_SERVER_PORT='http' is not a whole number"):
+        settings_from([], {"GRADIO_SERVER_PORT": "http"})
+
+
+def test_a_missing_model_stops_the_app_with_a_message(capsys, tmp_path):
+    import app as entry_point
+
+    assert entry_point.main(["--model", str(tmp_path / "no-such-model")]) == 2
+    assert "no model folder" in capsys.readouterr().err
