@@ -231,17 +231,21 @@ class LVLM:
         protect: Sequence[bool] | None = None,
         max_new_tokens: int = 48,
         streamer=None,
+        temperature: float = 0.0,
     ) -> list[str]:
-        """Greedy answers for a batch; `tensor` applies to rows where `protect` is True (all by default)."""
+        """Answers for a batch; `tensor` applies to rows where `protect` is True (all by default).
+
+        Greedy unless `temperature` > 0, which samples (each row on its own, so rows may differ by chance)."""
         virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
         batch = self.encode(images, prompts, virtual_tokens=virtual_tokens, protect=protect)
         tokenizer = self.tokenizer
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
         with self.model_inputs(batch, tensor, protect) as inputs:
             output = self.model.generate(
                 **inputs,
                 **self._decoding_cache(batch.input_ids.shape[1] + max_new_tokens),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                **sampling,
                 num_beams=1,
                 pad_token_id=self.adapter.placeholder_token_id,
                 eos_token_id=tokenizer.eos_token_id,
