@@ -166,7 +166,7 @@ def test_a_few_training_steps_lower_the_sa_loss(lvlm, kind):
     tensor = TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=slots) if kind == "textual" else VisualSecurityTensor.zeros(lvlm)
     with torch.no_grad():
         before = sa_loss(lvlm, batch, tensor).item()
-    train(lvlm, tensor, batch, steps=6, lr=0.05)
+    train(lvlm, tensor, batch, steps=4, lr=0.1)
     with torch.no_grad():
         after = sa_loss(lvlm, batch, tensor).item()
     assert after < before - 1e-3, (before, after)
@@ -186,9 +186,9 @@ def test_mixed_batch_equals_separate_runs(lvlm, kind):
         alone = logits(lvlm, lvlm.encode(images[row:row + 1], prompts[row:row + 1], virtual_tokens=slots if protect[row] else 0),
                        alone_tensor)[0, -1]
         torch.testing.assert_close(mixed[row], alone, atol=1e-4, rtol=1e-4)
-    answers = lvlm.generate(images, prompts, tensor=tensor, protect=protect, max_new_tokens=5)
-    assert answers[1] == lvlm.generate(images[1:2], prompts[1:2], tensor=tensor, max_new_tokens=5)[0]
-    assert answers[2] == lvlm.generate(images[2:3], prompts[2:3], max_new_tokens=5)[0]
+    answers = lvlm.generate(images, prompts, tensor=tensor, protect=protect, max_new_tokens=3)
+    assert answers[1] == lvlm.generate(images[1:2], prompts[1:2], tensor=tensor, max_new_tokens=3)[0]
+    assert answers[2] == lvlm.generate(images[2:3], prompts[2:3], max_new_tokens=3)[0]
 
 
 def test_text_only_row_batched_with_images_equals_its_own_run(lvlm):
@@ -207,7 +207,7 @@ def test_visual_tensor_trained_on_one_size_applies_to_another(lvlm):
     tensor = VisualSecurityTensor.zeros(lvlm)
     with torch.no_grad():
         before = sa_loss(lvlm, other_batch, tensor).item()
-    train(lvlm, tensor, train_batch, steps=6, lr=0.1)
+    train(lvlm, tensor, train_batch, steps=4, lr=0.1)
     with torch.no_grad():
         after = sa_loss(lvlm, other_batch, tensor).item()
     assert after < before - 1e-3, (before, after)
