@@ -87,8 +87,9 @@ def stream_answers(
     protect: Sequence[bool] | None = None,
     max_new_tokens: int = 48,
     timeout: float | None = 600.0,
+    temperature: float = 0.0,
 ) -> Iterator[tuple[str, ...]]:
-    """Greedy answers for a batch, yielded as a tuple of every row's text after each decoding step.
+    """Answers for a batch (greedy unless `temperature` > 0), as a tuple of every row's text after each step.
 
     `generate` runs in a worker thread; an error there is raised here. The last tuple yielded is the final answers
     exactly as `LVLM.generate` returns them.
@@ -99,7 +100,8 @@ def stream_answers(
     def work() -> None:
         try:
             outcome["answers"] = lvlm.generate(
-                images, prompts, tensor=tensor, protect=protect, max_new_tokens=max_new_tokens, streamer=streamer
+                images, prompts, tensor=tensor, protect=protect, max_new_tokens=max_new_tokens, streamer=streamer,
+                temperature=temperature,
             )
         except BaseException as error:  # handed to the consumer below
             outcome["error"] = error

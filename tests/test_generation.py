@@ -72,3 +72,10 @@ def test_fit_prompt_keeps_a_short_prompt_and_rejects_an_empty_one(tiny_llava, pi
     assert fit_prompt(tiny_llava, pictures[0], PROMPT, 0, 48).prompt == PROMPT
     with pytest.raises(PromptError):
         fit_prompt(tiny_llava, None, "   ", 0, 48)
+
+
+def test_sampled_stream_matches_its_own_final_answers(tiny_llava, pictures, visual):
+    torch.manual_seed(0)
+    steps = list(stream_answers(tiny_llava, [pictures[1]] * 2, [PROMPT] * 2, visual, [False, True], 12,
+                                temperature=1.0))
+    assert steps[-2] == steps[-1] and all(steps[-1])

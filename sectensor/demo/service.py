@@ -25,6 +25,7 @@ from .settings import DEFAULT_TENSORS, PROJECT_ROOT
 
 MAX_PROMPT_CHARACTERS = 4000  # longer prompts are cut before tokenizing
 MAX_NEW_TOKENS = 256
+MAX_TEMPERATURE = 2.0
 KIND_SYMBOLS = {"visual": "δv", "textual": "δt"}
 
 
@@ -182,20 +183,29 @@ class DemoService:
 
     # ---- answering --------------------------------------------------------------------------------
     def answer(
-        self, image_path: str | None, prompt: str | None, tensor_label: str | None, max_new_tokens: int = 48
+        self, image_path: str | None, prompt: str | None, tensor_label: str | None, max_new_tokens: int = 48,
+        temperature: float = 0.0,
     ) -> Iterator[Answers]:
-        """Base and protected answers as they grow, from one batch; the last item has `done` set."""
+        """Base and protected answers as they grow, from one batch; the last item has `done` set.
+
+        Greedy unless `temperature` > 0; sampled rows differ by chance too, which the notices say."""
+        if not 0 <= float(temperature) <= MAX_TEMPERATURE:
+            raise SectensorError(f"the temperature must be between 0 and {MAX_TEMPERATURE}, not {temperature}")
         image, notices = self.read_image(image_path)
         tensor = self.tensor(tensor_label)
         prompt, max_new_tokens, more = self.prepare(image, prompt, tensor, max_new_tokens)
         notices += more
         if tensor is not None and tensor.kind == "visual" and image is None:
             notices.append("δv acts on pictures only: without a picture both columns get the same input.")
+        if temperature > 0:
+            notices.append(f"Sampling at temperature {temperature:g}: the columns may also differ by chance; "
+                           "set it to 0 for greedy answers.")
         if tensor is None:
-            alone = stream_answers(self.lvlm, [image], [prompt], None, None, max_new_tokens)
+            alone = stream_answers(self.lvlm, [image], [prompt], None, None, max_new_tokens, temperature=temperature)
             stream = ((texts[0], None) for texts in alone)
         else:
-            stream = stream_answers(self.lvlm, [image, image], [prompt, prompt], tensor, [False, True], max_new_tokens)
+            stream = stream_answers(self.lvlm, [image, image], [prompt, prompt], tensor, [False, True], max_new_tokens,
+                                    temperature=temperature)
         current = Answers("", None if tensor is None else "", notices=notices)
         for base, protected in stream:
             current = Answers(base, protected, notices=notices)

@@ -15,7 +15,7 @@ import spaces
 from ..errors import SectensorError
 from ..judge import is_refusal
 from .examples import IMAGES, gallery_sections
-from .service import MAX_NEW_TOKENS, DemoService, TensorViews
+from .service import MAX_NEW_TOKENS, MAX_TEMPERATURE, DemoService, TensorViews
 from .settings import DemoSettings
 
 MODEL_GROUP = "model"  # concurrency group of every handler that touches the model
@@ -93,9 +93,9 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
     lvlm = service.lvlm
     choices = list(service.tensors)
 
-    def answer(image_path, prompt, tensor_label, max_new_tokens) -> Iterator[tuple]:
+    def answer(image_path, prompt, tensor_label, max_new_tokens, temperature=0.0) -> Iterator[tuple]:
         try:
-            for state in service.answer(image_path, prompt, tensor_label, int(max_new_tokens)):
+            for state in service.answer(image_path, prompt, tensor_label, int(max_new_tokens), float(temperature)):
                 yield (state.base, state.protected or "", _badge(state.base, state.done),
                        _badge(state.protected, state.done), _notices(state.notices))
         except SectensorError as error:
@@ -155,8 +155,10 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
                                         max_lines=6)
                     tensor = gr.Dropdown(choices, value=choices[0] if choices else None, label="Security tensor",
                                          interactive=bool(choices))
-                    max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=48, step=1,
-                                               label="Max new tokens (greedy decoding)")
+                    with gr.Accordion("Generation settings", open=False):
+                        max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=48, step=1, label="Max new tokens")
+                        temperature = gr.Slider(0, MAX_TEMPERATURE, value=0, step=0.05,
+                                                label="Temperature (0 = greedy, the same decoding for both columns)")
                     run = gr.Button("Answer side by side", variant="primary")
                     notices = gr.Markdown(elem_classes="notice", elem_id="notices")
                 with gr.Column(scale=3):
@@ -206,7 +208,7 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
             analysis_text = gr.Markdown()
 
         answer_outputs = [base_text, protected_text, base_badge, protected_badge, notices]
-        answer_inputs = [image, prompt, tensor, max_new_tokens]
+        answer_inputs = [image, prompt, tensor, max_new_tokens, temperature]
         view_outputs = [visual_group, slider, amplified, heatmap, visual_numbers, textual_group, textual_summary,
                         nearest, views_notice]
         answered = [gr.on([run.click, prompt.submit], answer_on_gpu, answer_inputs, answer_outputs,
