@@ -13,9 +13,8 @@ import gradio as gr
 import spaces
 
 from ..errors import SectensorError
-from ..judge import is_refusal
 from .examples import IMAGES, gallery_sections
-from .service import MAX_NEW_TOKENS, MAX_TEMPERATURE, DemoService, TensorViews
+from .service import MAX_NEW_TOKENS, MAX_TEMPERATURE, Answers, DemoService, TensorViews
 from .settings import DemoSettings
 
 MODEL_GROUP = "model"  # concurrency group of every handler that touches the model
@@ -48,12 +47,16 @@ class UploadedImage(gr.Image):
         return payload.path
 
 
-def _badge(text: str | None, done: bool) -> str:
-    if text is None:
-        return BADGE_NONE
-    if not done:
-        return BADGE_WAITING
-    return BADGE_REFUSED if is_refusal(text) else BADGE_ANSWERED
+def _badges(state: Answers) -> tuple[str, str]:
+    """Badges for the base and protected columns: waiting until the answers are complete, then the judge's call."""
+    def one(text: str | None, refused: bool) -> str:
+        if text is None:
+            return BADGE_NONE
+        if not state.done:
+            return BADGE_WAITING
+        return BADGE_REFUSED if refused else BADGE_ANSWERED
+
+    return one(state.base, state.base_refused), one(state.protected, state.protected_refused)
 
 
 def _notices(lines: list[str]) -> str:
@@ -96,8 +99,7 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
     def answer(image_path, prompt, tensor_label, max_new_tokens, temperature=0.0) -> Iterator[tuple]:
         try:
             for state in service.answer(image_path, prompt, tensor_label, int(max_new_tokens), float(temperature)):
-                yield (state.base, state.protected or "", _badge(state.base, state.done),
-                       _badge(state.protected, state.done), _notices(state.notices))
+                yield (state.base, state.protected or "", *_badges(state), _notices(state.notices))
         except SectensorError as error:
             raise gr.Error(str(error), title="Cannot answer") from None
 
