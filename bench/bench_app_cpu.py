@@ -2,6 +2,7 @@
 
     python bench/bench_app_cpu.py                          # the embedded organism and its shipped tensors
     python bench/bench_app_cpu.py --model DIR --visual DIR --textual DIR
+    python bench/bench_app_cpu.py --through-app            # also through HTTP, Gradio's queue and streaming
 
 Runs on 2 CPU threads (the size of a free CPU Space). Every timing streams through `BatchTextStreamer` in a worker
 thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--through-app", action="store_true", help="also time the answer through the running app")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lvlm = load_lvlm(args.model, device="cpu")
@@ -93,7 +95,41 @@ def main() -> None:
             timing = timed(lambda: list(stream_side_by_side(lvlm, app_image, text, tensor, new)), args.repeats)
             tokens = [len(lvlm.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers]
             results[f"app_{Path(picture).stem}_{symbol}"] = {**timing, "answer_tokens": tokens, "answers": answers}
+    if args.through_app:
+        results["through_app"] = through_app(lvlm, args, new)
     print(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+def through_app(lvlm, args, new_tokens: int) -> dict:
+    """The same side-by-side answer as a browser gets it: HTTP, Gradio's queue and streaming, on this machine."""
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    from sectensor.demo.service import DemoService
+    from sectensor.demo.settings import DemoSettings
+    from sectensor.demo.ui import build_demo, launch
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = DemoSettings(model=args.model, tensors=[args.visual, args.textual], port=port)
+    service = DemoService(lvlm, {label: tensor for label, tensor in zip(("δv", "δt"), (
+        SecurityTensor.from_pretrained(args.visual), SecurityTensor.from_pretrained(args.textual)))})
+    demo = build_demo(service, settings)
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        picture = handle_file(str(ASSETS / "images" / APP_INPUTS[0][0]))
+        results = {}
+        for label in ("δv", "δt"):
+            results[label] = timed(
+                lambda: client.predict(picture, APP_INPUTS[0][1], label, new_tokens, api_name="/side_by_side"),
+                args.repeats,
+            )
+        return results
+    finally:
+        demo.close()
 
 
 if __name__ == "__main__":
