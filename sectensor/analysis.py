@@ -26,7 +26,6 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,8 +129,8 @@ def pair_similarities(first: torch.Tensor, second: torch.Tensor | None = None) -
     if second is None:
         if first.shape[0] < 2:
             raise SectensorError("within-set similarity needs at least two queries")
-        rows, cols = zip(*combinations(range(first.shape[0]), 2))
-        return (unit_first[list(rows)] * unit_first[list(cols)]).sum(-1).T
+        rows, cols = torch.triu_indices(first.shape[0], first.shape[0], offset=1)  # pairs (0,1) (0,2) ... (1,2) ...
+        return torch.einsum("ilh,jlh->lij", unit_first, unit_first)[:, rows, cols]
     unit_second = torch.nn.functional.normalize(second.double(), dim=-1)
     return torch.einsum("ilh,jlh->lij", unit_first, unit_second).flatten(1)
 
