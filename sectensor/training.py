@@ -169,28 +169,28 @@ def epoch_batches(splits: Sequence[str], lengths: Sequence[int], batch_size: int
     proportions (a batch of one split only would pull δ one way, the next batch the other) and rows of
     similar length (little padding).
 
-    Rows are shuffled and the splits interleaved evenly; the stream is cut into windows of 8 batches; inside a
-    window each split's rows are sorted by length and dealt in order, so batch j gets the j-th shortest slice of
-    every split. Example: SA, TCB, GB with 64, 64, 32 rows in a window and batch_size 20 give 8 batches of
-    8 + 8 + 4 rows. Batches are then shuffled; a batch smaller than `min_rows` is dropped.
+    Rows are shuffled and the splits interleaved evenly; the stream is cut into windows of 8 batches. Inside a
+    window each split's rows are sorted by length and given their quantile, (rank + 0.5) / count; the window is
+    ordered by quantile and cut into batches, so every batch takes the same slice of every split. Example: SA,
+    TCB, GB with 32, 32, 16 rows in a window and batch_size 10 give 8 batches of 4 + 4 + 2 rows, the shortest
+    rows first. Batches are then shuffled; a batch smaller than `min_rows` is dropped.
     """
     generator = _generator(seed, epoch)
     by_split: dict[str, list[int]] = {}
     for index in torch.randperm(len(lengths), generator=generator).tolist():
         by_split.setdefault(splits[index], []).append(index)
-    keyed = sorted(((k + 0.5) / len(rows), name, index) for name, rows in by_split.items() for k, index in enumerate(rows))
-    stream = [index for _, _, index in keyed]
-    window = batch_size * 8
+    stream = [index for _, _, index in sorted(
+        ((k + 0.5) / len(rows), name, index) for name, rows in by_split.items() for k, index in enumerate(rows))]
     batches = []
-    for start in range(0, len(stream), window):
-        chunk = stream[start : start + window]
-        count = -(-len(chunk) // batch_size)
-        dealt: list[list[int]] = [[] for _ in range(count)]
-        for name in sorted({splits[index] for index in chunk}):
-            rows = sorted((index for index in chunk if splits[index] == name), key=lambda index: lengths[index])
-            for rank, index in enumerate(rows):
-                dealt[rank * count // len(rows)].append(index)
-        batches += [batch for batch in dealt if len(batch) >= min_rows]
+    for start in range(0, len(stream), batch_size * 8):
+        window = stream[start : start + batch_size * 8]
+        keyed = []
+        for name in sorted({splits[index] for index in window}):
+            rows = sorted((index for index in window if splits[index] == name), key=lambda index: lengths[index])
+            keyed += [((rank + 0.5) / len(rows), name, index) for rank, index in enumerate(rows)]
+        ordered = [index for _, _, index in sorted(keyed)]
+        batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    batches = [batch for batch in batches if len(batch) >= min_rows]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
@@ -344,7 +344,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
 
     from .lvlm import load_lvlm
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU processes never join a group
     world, rank = state.num_processes, state.process_index
     if world > 1:
         device = state.device
@@ -397,7 +397,9 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             pixels = batch.image_fields["pixel_values"].to(device)
             batch.image_fields["pixel_values"] = augment_pixels(pixels, _generator(config.seed, step, rank))
         losses = row_losses(lvlm, batch, tensor, kl[rows])
-        loss = (weights[rows].to(device) * losses).mean()
+        # Sum over this process's rows, scaled so that averaging the gradients over processes gives the mean over
+        # the whole batch even when processes got different numbers of rows.
+        loss = (weights[rows].to(device) * losses).sum() * world / len(plan[1][step % steps_per_epoch])
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         split_sums = _split_sums(losses.detach(), [examples[index].split for index in rows])

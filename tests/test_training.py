@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -264,3 +265,23 @@ def test_loss_and_tensor_figures_are_written(tmp_path):
     tensor = VisualSecurityTensor(torch.rand(3, 16, 16) - 0.5, threshold=0.5)
     for path in (plot_losses(log, tmp_path / "losses.png"), plot_visual_tensor(tensor, tmp_path / "delta.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_two_processes_end_at_the_same_tensor_as_one(tiny_llava_dir, manifest, tmp_path):
+    """Data parallel on CPU (gloo): gradients averaged across processes equal the whole batch's, also when the
+    processes get different numbers of rows (batch 5 over 2 processes)."""
+    root = Path(__file__).resolve().parents[1]
+    common = ["--model", str(tiny_llava_dir), "--data", str(manifest), "--max-steps", "3", "--batch-size", "5",
+              "--lr", "0.05", "--max-new-tokens", "6", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    single = subprocess.run([sys.executable, "train.py", *common, "--output-dir", str(tmp_path / "one")],
+                            cwd=root, env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "base_answers.jsonl").write_bytes((tmp_path / "one" / "base_answers.jsonl").read_bytes())
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py", *common,
+                             "--output-dir", str(tmp_path / "two")], cwd=root, env=env, capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = (sectensor.SecurityTensor.from_pretrained(tmp_path / name) for name in ("one", "two"))
+    assert two.training_info["hardware"].startswith("2 ×")
+    torch.testing.assert_close(two.delta, one.delta, atol=1e-4, rtol=0)
