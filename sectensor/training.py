@@ -12,7 +12,8 @@ logits only at answer positions (`LVLM.answer_logits`), cached base answers, SDP
 
 Runs keep a JSON-lines loss log, write one-file safetensors checkpoints atomically, resume exactly (data order
 and augmentation are derived from (seed, step), so a resumed run repeats an unbroken one), and stop with a clear
-error on a NaN/inf loss, keeping the last good checkpoint. Under `accelerate launch` every process takes its share
+error on a NaN/inf loss, keeping the last good checkpoint (a step whose loss is finite but whose gradient is not
+is skipped and logged; ten in a row stop the run). Under `accelerate launch` every process takes its share
 of each global batch and δ gradients are averaged across processes.
 
     python train.py --model assets/organism --kind visual --data assets/data/tensor_training.jsonl --output-dir runs/dv
@@ -48,6 +49,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 BASE_ANSWERS_NAME = "base_answers.jsonl"
 EVAL_NAME = "eval_results.json"
 BENIGN_SPLITS = ("TCB", "GB")
+MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before the run is stopped
 # Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "weight_decay", "splits", "split_weights", "benign_loss",
@@ -385,7 +387,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     kl = torch.tensor([config.benign_loss == "kl" and example.split in BENIGN_SPLITS for example in examples])
 
     bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
-    started, running = time.perf_counter(), {}
+    started, running, skipped, skipped_in_a_row = time.perf_counter(), {}, 0, 0
     plan: tuple[int, list[list[int]]] = (-1, [])
     for step in range(start_step, total_steps):
         epoch = step // steps_per_epoch
@@ -410,15 +412,24 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             loss_value = split_sums[0].sum() / split_sums[1].sum().clamp(min=1)
         else:
             loss_value = loss.detach()
-        if not (torch.isfinite(split_sums).all() and torch.isfinite(tensor.delta.grad).all()):
+        if not torch.isfinite(split_sums).all():
             raise _diverged(f"the loss became {float(loss_value)}", step, epoch, checkpoint_path, config)
-        optimizer.step()
+        gradient_ok = bool(torch.isfinite(tensor.delta.grad).all())
+        # A finite loss with a non-finite gradient happens now and then with bfloat16 weights on GPUs: skip that
+        # update, as mixed-precision training does; many in a row mean the run has diverged.
+        skipped_in_a_row = 0 if gradient_ok else skipped_in_a_row + 1
+        skipped += not gradient_ok
+        if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise _diverged(f"the gradient was not finite {skipped_in_a_row} steps in a row", step, epoch,
+                            checkpoint_path, config)
+        if gradient_ok:
+            optimizer.step()
         if isinstance(tensor, VisualSecurityTensor):
             tensor.project_()
         if not torch.isfinite(tensor.delta).all():  # checked before the checkpoint, which must stay good
             raise _diverged("the tensor's values overflowed", step, epoch, checkpoint_path, config)
         record = {"step": step + 1, "epoch": epoch + 1, "loss": float(loss_value), "lr": config.lr,
-                  "seconds": round(time.perf_counter() - started, 3)}
+                  "seconds": round(time.perf_counter() - started, 3), **({} if gradient_ok else {"skipped": True})}
         for index, split in enumerate(("SA", "TCB", "GB")):
             if split_sums[1, index] > 0:
                 record[split] = float(split_sums[0, index] / split_sums[1, index])
@@ -437,6 +448,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
         bar.close()
     wall = time.perf_counter() - started
     tensor.training_info = _training_info(config, total_steps, steps_per_epoch, len(examples), wall, device, world)
+    tensor.training_info["skipped_steps"] = skipped  # of this invocation (a resumed run counts from its checkpoint)
     result = TrainingResult(tensor, output_dir, total_steps, wall)
     state.wait_for_everyone()
     if state.is_main_process:
