@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = settings_from(argv)
-        service = DemoService.load(settings.model, settings.tensors, settings.device)
+        service = DemoService.load(settings.model, settings.tensors, settings.device, settings.threads)
     except (SectensorError, ValueError) as error:
         print(f"app.py: {error}", file=sys.stderr)
         return 2

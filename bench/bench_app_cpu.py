@@ -3,9 +3,10 @@
     python bench/bench_app_cpu.py                          # the embedded organism and its shipped tensors
     python bench/bench_app_cpu.py --model DIR --visual DIR --textual DIR
     python bench/bench_app_cpu.py --through-app            # also through HTTP, Gradio's queue and streaming
+    python bench/bench_app_cpu.py --threads 1              # one thread count only
 
-Runs on 2 CPU threads (the size of a free CPU Space). Every timing streams through `BatchTextStreamer` in a worker
-thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
+Compares thread counts (default 1 and 2: a free CPU Space has 2 cores). Every timing streams through
+`BatchTextStreamer` in a worker thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
 so single and side-by-side costs compare the same work; "app" rows run the app's own path on example prompts,
 where answers stop at their end token. Prints JSON; each figure is the median (and 90th percentile) of `--repeats`
 runs after two warm-up runs.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -70,31 +72,36 @@ def main() -> None:
     parser.add_argument("--textual", default=str(ASSETS / "tensors" / "organism-textual"))
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="1,2", help="thread counts to compare, e.g. 1,2")
     parser.add_argument("--through-app", action="store_true", help="also time the answer through the running app")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     lvlm = load_lvlm(args.model, device="cpu")
     tensors = {"δv": SecurityTensor.from_pretrained(args.visual), "δt": SecurityTensor.from_pretrained(args.textual)}
     image = open_image(ASSETS / "images" / APP_INPUTS[0][0])
     prompt = APP_INPUTS[0][1]
     new = args.new_tokens
     assert forced(lvlm, [image], [prompt], None, None, new) == new
-    results: dict = {"model": Path(args.model).name, "threads": args.threads, "new_tokens": new,
+    results: dict = {"model": Path(args.model).name, "new_tokens": new, "cpu_cores": os.cpu_count(),
+                     "load_average_before": os.getloadavg()[0],
                      "parameters_m": round(sum(p.numel() for p in lvlm.model.parameters()) / 1e6, 2)}
-    single = timed(lambda: forced(lvlm, [image], [prompt], None, None, new), args.repeats)
-    results["forced_single"] = single
-    for symbol, tensor in tensors.items():
-        both = timed(lambda: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True], new), args.repeats)
-        results[f"forced_side_by_side_{symbol}"] = both
-        results[f"side_by_side_over_single_{symbol}"] = round(both["median_s"] / single["median_s"], 3)
-    for picture, text in APP_INPUTS:
-        app_image = open_image(ASSETS / "images" / picture)
+    for threads in [int(count) for count in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        runs: dict = {}
+        single = timed(lambda: forced(lvlm, [image], [prompt], None, None, new), args.repeats)
+        runs["forced_single"] = single
         for symbol, tensor in tensors.items():
-            answers = list(stream_side_by_side(lvlm, app_image, text, tensor, new))[-1]
-            timing = timed(lambda: list(stream_side_by_side(lvlm, app_image, text, tensor, new)), args.repeats)
-            tokens = [len(lvlm.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers]
-            results[f"app_{Path(picture).stem}_{symbol}"] = {**timing, "answer_tokens": tokens, "answers": answers}
+            both = timed(lambda: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True], new), args.repeats)
+            runs[f"forced_side_by_side_{symbol}"] = both
+            runs[f"side_by_side_over_single_{symbol}"] = round(both["median_s"] / single["median_s"], 3)
+        for picture, text in APP_INPUTS:
+            app_image = open_image(ASSETS / "images" / picture)
+            for symbol, tensor in tensors.items():
+                answers = list(stream_side_by_side(lvlm, app_image, text, tensor, new))[-1]
+                timing = timed(lambda: list(stream_side_by_side(lvlm, app_image, text, tensor, new)), args.repeats)
+                tokens = [len(lvlm.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers]
+                runs[f"app_{Path(picture).stem}_{symbol}"] = {**timing, "answer_tokens": tokens, "answers": answers}
+        results[f"threads_{threads}"] = runs
+    results["load_average_after"] = os.getloadavg()[0]
     if args.through_app:
         results["through_app"] = through_app(lvlm, args, new)
     print(json.dumps(results, indent=2, ensure_ascii=False))
@@ -106,10 +113,11 @@ def through_app(lvlm, args, new_tokens: int) -> dict:
 
     from gradio_client import Client, handle_file
 
-    from sectensor.demo.service import DemoService
+    from sectensor.demo.service import DemoService, cpu_threads
     from sectensor.demo.settings import DemoSettings
     from sectensor.demo.ui import build_demo, launch
 
+    torch.set_num_threads(cpu_threads(lvlm))  # as the app sets it
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -121,7 +129,7 @@ def through_app(lvlm, args, new_tokens: int) -> dict:
     try:
         client = Client(f"http://127.0.0.1:{port}", verbose=False)
         picture = handle_file(str(ASSETS / "images" / APP_INPUTS[0][0]))
-        results = {}
+        results = {"threads": torch.get_num_threads()}
         for label in ("δv", "δt"):
             results[label] = timed(
                 lambda: client.predict(picture, APP_INPUTS[0][1], label, new_tokens, api_name="/side_by_side"),

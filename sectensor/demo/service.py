@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from ..data import MAX_IMAGE_SIDE, open_image
@@ -26,6 +27,7 @@ from .settings import DEFAULT_TENSORS, PROJECT_ROOT
 MAX_PROMPT_CHARACTERS = 4000  # longer prompts are cut before tokenizing
 MAX_NEW_TOKENS = 256
 MAX_TEMPERATURE = 2.0
+SMALL_MODEL_PARAMETERS = 100_000_000
 KIND_SYMBOLS = {"visual": "δv", "textual": "δt"}
 
 
@@ -59,6 +61,18 @@ class TensorViews:
     notice: str = ""
 
 
+def cpu_threads(lvlm: LVLM, requested: int | None = None) -> int:
+    """`requested`, or by default one thread for a model under SMALL_MODEL_PARAMETERS, else PyTorch's own count.
+
+    A small model's matrix products are too small to share out, and threads that wait for each other on busy cores
+    make decoding several times slower (bench/bench_app_cpu.py, docs/benchmarks.md).
+    """
+    if requested is not None:
+        return requested
+    parameters = sum(parameter.numel() for parameter in lvlm.model.parameters())
+    return 1 if parameters < SMALL_MODEL_PARAMETERS else torch.get_num_threads()
+
+
 def _display_source(source: str) -> str:
     path = Path(source)
     try:
@@ -77,9 +91,16 @@ class DemoService:
         self._numbers_cache: dict[str, dict] = {}
 
     @classmethod
-    def load(cls, model: str, tensor_sources: Sequence[str], device: str | None = None) -> "DemoService":
-        """Load the model (errors propagate: without a model there is nothing to serve) and every usable tensor."""
+    def load(
+        cls, model: str, tensor_sources: Sequence[str], device: str | None = None, threads: int | None = None
+    ) -> "DemoService":
+        """Load the model (errors propagate: without a model there is nothing to serve) and every usable tensor.
+
+        On the CPU, `threads` sets PyTorch's thread count for this process (see `cpu_threads` for the default).
+        """
         lvlm = load_lvlm(model, device=device)
+        if lvlm.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(lvlm, threads))
         tensors: dict[str, SecurityTensor] = {}
         problems = []
         for source in tensor_sources:

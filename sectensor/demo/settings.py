@@ -29,6 +29,9 @@ class DemoSettings:
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)",
                                                        "env": "SECTENSOR_DEVICE"})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads for the model (default: 1 for models under 100 M parameters, else PyTorch's choice)",
+        "env": "SECTENSOR_THREADS"})
     # serving
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for every interface)",
                                                      "env": "GRADIO_SERVER_NAME"})
@@ -44,8 +47,8 @@ class DemoSettings:
         self.tensors = split_sources(self.tensors)
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} is not between 1 and 65535")
-        if self.queue_size < 1 or self.gpu_duration < 1:
-            raise ValueError("queue size and GPU duration must be positive")
+        if self.queue_size < 1 or self.gpu_duration < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError("queue size, GPU duration and threads must be positive")
 
 
 def split_sources(values: Sequence[str]) -> list[str]:
@@ -61,7 +64,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     for name, info in DemoSettings.__dataclass_fields__.items():
         flag = "--" + ("tensor" if name == "tensors" else name.replace("_", "-"))
-        extra = {"action": "append"} if name == "tensors" else {"type": int if info.type == "int" else str}
+        extra = {"action": "append"} if name == "tensors" else {"type": int if "int" in info.type else str}
         parser.add_argument(flag, dest=name, default=None, help=f"{info.metadata['help']} [env {info.metadata['env']}]",
                             **extra)
     return parser
@@ -79,7 +82,7 @@ def settings_from(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             value = environ[variable]
             if name == "tensors":
                 value = [value]
-            elif info.type == "int":
+            elif "int" in info.type:
                 if not value.strip().isdigit():
                     raise ValueError(f"{variable}={value!r} is not a whole number")
                 value = int(value)
