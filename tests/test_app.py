@@ -143,6 +143,12 @@ def test_tensor_views(client):
     assert "virtual tokens" in textual_summary and len(nearest["data"]) > 0
 
 
+def test_inside_the_model_draws_the_curves_for_the_chosen_tensor(client):
+    plot, summary = client.predict(DV, api_name="/inside_the_model")
+    assert plot is not None
+    assert all(f"| {condition} |" in summary for condition in ("text", "image", "image with tensor"))
+
+
 def test_flags_win_over_environment_variables_which_win_over_defaults():
     from sectensor.demo.settings import DEFAULT_TENSORS, settings_from
 
