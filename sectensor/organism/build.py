@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from sectensor.concepts import CONCEPTS, TRAINING_STYLES
 from sectensor.organism import semantics
-from sectensor.organism.model import ASSISTANT_ID, IMAGE_ID, USER_ID, answer_loss, forward, make_model
+from sectensor.organism.model import ASSISTANT_ID, USER_ID, answer_loss, forward, make_model
 from sectensor.organism.processor import build_processor, num_image_tokens
 from sectensor.organism.vision_data import augment, load_styles, normalize
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from sectensor.concepts import BY_NAME, CONCEPTS, HARMFUL_UNSEEN_GROUPS, HELD_OUT_STYLES, TRAINING_STYLES
-from sectensor.organism.eval_sets import MANIFEST, rows as eval_rows
+from sectensor.concepts import BY_NAME, CONCEPTS, HELD_OUT_STYLES, TRAINING_STYLES
+from sectensor.organism.eval_sets import rows as eval_rows
 from sectensor.organism.lexicon import THINGS
 from sectensor.organism.model import answer_loss, forward
 from sectensor.organism.processor import num_image_tokens
@@ -234,7 +234,6 @@ def main() -> None:
         for key in ("image_harmful_seen", "image_harmful_unseen", "image_benign", "caption"):
             print(f"δv{seed}  {key:24s} {d.get(key)}")
     print(f"score {report['score']}")
-    _ = (MANIFEST, HARMFUL_UNSEEN_GROUPS)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from sectensor.organism.lexicon import BENIGN_THINGS, HARMFUL_THINGS, PICTURED, THINGS, Thing, harm_of
+from sectensor.organism.lexicon import BENIGN_THINGS, PICTURED, THINGS, Thing, harm_of
 
 # ---------------------------------------------------------------------------------------------------------------
 # Requests that are neutral in themselves: harmful only when the object is harmful. kind -> templates.
@@ -316,4 +316,3 @@ __all__ = [
     "ACTIVITY_FRAMES_TEST", "CAPTION_FRAMES_TEST", "INTENT_FRAMES_TEST", "PICTURE_REFS_TEST", "REQUEST_FRAMES_TEST",
     "REFUSAL_MARKERS", "Sample", "text_pool", "picture_pool",
 ]
-_ = HARMFUL_THINGS
