@@ -49,8 +49,12 @@ def main(config: TrainingConfig, push_to_hub: str | None = None, private: bool =
     if push_to_hub:
         from sectensor.hub import push_to_hub as push
 
-        url = push(result.output_dir, push_to_hub, private=private,
-                   commit_message=f"{config.kind} security tensor for {config.model} ({result.steps} steps)")
+        try:
+            url = push(result.output_dir, push_to_hub, private=private,
+                       commit_message=f"{config.kind} security tensor for {config.model} ({result.steps} steps)")
+        except SectensorError as error:  # the message says the files are kept and how to push them later
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(f"pushed to {url}")
     return 0
 

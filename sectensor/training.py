@@ -458,9 +458,23 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
         from .card import tensor_card
 
         tensor.save_pretrained(output_dir, card=tensor_card(tensor, result.eval_results))
+        _write_figures(output_dir, log_path, tensor)
     state.wait_for_everyone()
     result.tensor = tensor.cpu()
     return result
+
+
+def _write_figures(output_dir: Path, log_path: Path, tensor: SecurityTensor) -> None:
+    """The loss curves and, for δv, a picture of the tensor, under the names `sectensor.hub.push_to_hub` publishes."""
+    from .hub import LOSS_CURVES_NAME, TENSOR_PICTURE_NAME
+    from .plots import plot_losses, plot_visual_tensor
+
+    try:
+        plot_losses(log_path, output_dir / LOSS_CURVES_NAME)
+        if isinstance(tensor, VisualSecurityTensor):
+            plot_visual_tensor(tensor, output_dir / TENSOR_PICTURE_NAME)
+    except ImportError as error:  # no matplotlib: the tensor and its card are saved; only the figures are missing
+        print(f"warning: training figures skipped ({error})")
 
 
 def _split_sums(losses: torch.Tensor, splits: Sequence[str]) -> torch.Tensor:

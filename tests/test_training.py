@@ -87,6 +87,8 @@ def test_sa_moves_toward_refusal_and_benign_toward_base_answers(tiny_llava, mani
     assert all(p.grad is None for p in tiny_llava.model.parameters())
     saved = sectensor.SecurityTensor.from_pretrained(tmp_path / "run")
     assert torch.equal(saved.delta, result.tensor.delta) and saved.training_info["steps"] == 8
+    assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 0
+    assert (tmp_path / "run" / "visual_tensor.png").exists() == (kind == "visual")
     if kind == "visual":
         assert saved.delta.abs().max() <= 1.0
 
@@ -227,6 +229,20 @@ def test_cli_help_explains_every_flag_and_reports_bad_input(tmp_path, capsys):
     assert "--lr must be positive" in capsys.readouterr().err
     assert cli([*arguments, "--split-weights", "SA=1", "GB=x"]) == 2
     assert "GB=x" in capsys.readouterr().err
+
+
+def test_failed_push_keeps_the_trained_tensor_and_says_how_to_push_later(tiny_llava_dir, manifest, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from train import cli
+
+    out = tmp_path / "out"
+    code = cli(["--model", str(tiny_llava_dir), "--data", str(manifest), "--output-dir", str(out), "--max-steps", "2",
+                "--batch-size", "6", "--no-progress", "--push-to-hub", "user/repo"])
+    assert code == 2
+    assert "python -m sectensor.hub push" in capsys.readouterr().err
+    assert sectensor.SecurityTensor.from_pretrained(out).training_info["steps"] == 2
 
 
 def test_committed_manifests_keep_test_wording_and_renderings_out_of_training():
