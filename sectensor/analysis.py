@@ -14,7 +14,8 @@ the final norm, for the last block too). The embedding output is *not* included,
 per layer (`num_hidden_layers` of the text model). A block that a model skips for some inputs (Mllama's
 cross-attention blocks on text-only queries) passes its input on unchanged, so its point repeats the one before.
 With δt, the virtual tokens sit before the user's text; the last token is still the last prompt token (the rows
-are left-padded).
+are left-padded). Every curve also comes "centred": computed on states minus their mean over the condition's
+queries, because a shared component (such as δt's) can hide the raw gap (see `similarity_curves`).
 """
 
 from __future__ import annotations
@@ -168,6 +169,10 @@ def similarity_curves(normal: torch.Tensor, malicious: torch.Tensor, malicious_g
 
     normal: (n ≥ 2, num_layers, hidden), malicious: (m ≥ 1, num_layers, hidden). With two or more distinct
     `malicious_groups` (one label per malicious query), N–M curves are also given per group.
+
+    The paper's measure is the raw cosine. A perturbation that adds a large shared component to every state (δt's
+    virtual tokens do) pulls all raw similarities toward 1 and can hide a difference between N and M, so the same
+    curves are also given under "centred": with the mean state of all these queries subtracted per layer.
     """
     normal_normal = pair_similarities(normal)
     normal_malicious = pair_similarities(normal, malicious)
@@ -179,6 +184,16 @@ def similarity_curves(normal: torch.Tensor, malicious: torch.Tensor, malicious_g
         "normal_malicious": _summary(normal_malicious),
         "gap": gap,
         **widest_gap(gap),
+    }
+    mean_state = torch.cat([normal, malicious]).mean(dim=0, keepdim=True)
+    centred_normal_normal = pair_similarities(normal - mean_state)
+    centred_normal_malicious = pair_similarities(normal - mean_state, malicious - mean_state)
+    centred_gap = (centred_normal_normal.mean(1) - centred_normal_malicious.mean(1)).tolist()
+    curves["centred"] = {
+        "normal_normal": _summary(centred_normal_normal),
+        "normal_malicious": _summary(centred_normal_malicious),
+        "gap": centred_gap,
+        **widest_gap(centred_gap),
     }
     groups = sorted({group for group in malicious_groups if group is not None})
     if len(groups) > 1:
@@ -285,7 +300,10 @@ def plot(result: dict[str, Any]) -> "Figure":
     gap_axis = axes[-1]
     for name, color in zip(CONDITIONS, ("tab:gray", "tab:orange", "tab:green")):
         if name in conditions:
-            gap_axis.plot(layers, result["conditions"][name]["gap"], marker="o", markersize=3, color=color, label=CONDITION_TITLES[name])
+            curves = result["conditions"][name]
+            gap_axis.plot(layers, curves["gap"], marker="o", markersize=3, color=color, label=CONDITION_TITLES[name])
+            gap_axis.plot(layers, curves["centred"]["gap"], linestyle="--", color=color, alpha=0.7)
+    gap_axis.plot([], [], linestyle="--", color="0.4", label="dashed: mean-centred states")
     gap_axis.axhline(0, color="black", linewidth=0.6)
     gap_axis.set_title("gap: N–N minus N–M", fontsize=10)
     gap_axis.set_xlabel("layer")
@@ -309,8 +327,10 @@ def write_results(result: dict[str, Any], out_dir: str | os.PathLike) -> tuple[P
 
 
 def format_summary(result: dict[str, Any]) -> str:
-    """A short table: per condition, mean N–N, mean N–M, the peak gap and where the gap is widest."""
-    header = f"{'condition':<18} {'N–N':>6} {'N–M':>6} {'peak gap':>9} {'at layer':>9}  band    top layers"
+    """A short table: per condition, mean N–N, mean N–M, the peak gap, where the gap is widest, and the peak of
+    the gap between mean-centred states."""
+    header = (f"{'condition':<18} {'N–N':>6} {'N–M':>6} {'peak gap':>9} {'at layer':>9}  {'band':<7} {'top layers':<11} "
+              f"{'centred peak':>12} {'at layer':>9}")
     lines = [header, "-" * len(header)]
     for name in CONDITIONS:
         curves = result["conditions"].get(name)
@@ -319,9 +339,10 @@ def format_summary(result: dict[str, Any]) -> str:
         nn = sum(curves["normal_normal"]["mean"]) / result["num_layers"]
         nm = sum(curves["normal_malicious"]["mean"]) / result["num_layers"]
         band = "-".join(map(str, curves["band"])) or "none"
+        centred = curves["centred"]
         lines.append(
             f"{name:<18} {nn:>6.3f} {nm:>6.3f} {curves['peak_gap']:>9.4f} {curves['peak_layer']:>9}  {band:<7} "
-            f"{', '.join(map(str, curves['top_layers']))}"
+            f"{', '.join(map(str, curves['top_layers'])):<11} {centred['peak_gap']:>12.4f} {centred['peak_layer']:>9}"
         )
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@ from matplotlib.figure import Figure
 
 from sectensor import SectensorError, TensorMismatchError, TextualSecurityTensor, VisualSecurityTensor
 from sectensor.analysis import (
-    Query, _cache_key, analyze, inside_the_model, last_token_states, name_the_object, pair_similarities, widest_gap,
+    Query, _cache_key, analyze, inside_the_model, last_token_states, name_the_object, pair_similarities,
+    similarity_curves, widest_gap,
 )
 from sectensor.analyze import main as analyze_main, queries_from_samples
 from sectensor.data import load_manifest, open_image
@@ -102,6 +103,17 @@ def test_pair_similarities_count_and_values():
     torch.testing.assert_close(across[:, 2 * 2 + 1], torch.nn.functional.cosine_similarity(first[2].double(), second[1].double(), dim=-1))
     with pytest.raises(SectensorError, match="at least two"):
         pair_similarities(first[:1])
+
+
+def test_centred_curves_ignore_a_shared_offset():
+    """A component shared by every state (what δt's virtual tokens add) hides the raw gap, not the centred one."""
+    torch.manual_seed(0)
+    normal, malicious = torch.randn(5, 3, 16), torch.randn(4, 3, 16) + 0.5
+    offset = 40 * torch.randn(1, 3, 16)
+    plain = similarity_curves(normal, malicious)
+    shifted = similarity_curves(normal + offset, malicious + offset)
+    assert shifted["centred"]["gap"] == pytest.approx(plain["centred"]["gap"], abs=1e-5)
+    assert max(abs(value) for value in shifted["gap"]) < 0.1 < plain["centred"]["gap"][0]
 
 
 def test_widest_gap_finds_peak_and_band():
