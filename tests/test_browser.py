@@ -77,11 +77,13 @@ def test_harmful_example_is_refused_only_by_the_protected_model(page, screenshot
 def test_delta_panel_draws_its_pictures(page, screenshots):
     click_first_example(page, "harmful-seen")
     page.get_by_role("tab", name="What the tensor looks like").click()
-    loaded = "img => img.complete && img.naturalWidth > 0"
-    for panel, count in (("delta-slider", 2), ("delta-amplified", 1), ("delta-heatmap", 1)):
-        images = page.locator(f"#{panel} img")
-        images.first.wait_for(timeout=60_000)
-        assert images.count() >= count
-        assert all(images.nth(index).evaluate(loaded) for index in range(count))
+    # Pictures arrive after the answer; wait until each panel shows loaded pictures (slider: both of them).
+    page.wait_for_function(
+        """() => [['#delta-slider', 2], ['#delta-amplified', 1], ['#delta-heatmap', 1]].every(([panel, count]) => {
+            const pictures = [...document.querySelectorAll(panel + ' img')];
+            return pictures.length >= count && pictures.every(img => img.complete && img.naturalWidth > 0);
+        })""",
+        timeout=60_000,
+    )
     assert "L∞" in page.locator("#delta-numbers").inner_text()
     page.screenshot(path=screenshots / "app-delta-views.png", full_page=True)
