@@ -77,7 +77,9 @@ def test_harmful_example_is_refused_only_by_the_protected_model(page, screenshot
 def test_delta_panel_draws_its_pictures(page, screenshots):
     click_first_example(page, "harmful-seen")
     page.get_by_role("tab", name="What the tensor looks like").click()
-    # Pictures arrive after the answer; wait until each panel shows loaded pictures (slider: both of them).
+    # The views are redrawn after the answer: wait for the sentence only a picture's view has, then for every
+    # panel's pictures (the slider's two) to load.
+    page.locator("#delta-numbers").get_by_text("of this picture's values").wait_for(timeout=60_000)
     page.wait_for_function(
         """() => [['#delta-slider', 2], ['#delta-amplified', 1], ['#delta-heatmap', 1]].every(([panel, count]) => {
             const pictures = [...document.querySelectorAll(panel + ' img')];
@@ -86,4 +88,5 @@ def test_delta_panel_draws_its_pictures(page, screenshots):
         timeout=60_000,
     )
     assert "L∞" in page.locator("#delta-numbers").inner_text()
+    page.wait_for_load_state("networkidle")
     page.screenshot(path=screenshots / "app-delta-views.png", full_page=True)
