@@ -7,6 +7,7 @@ Clicks a harmful example and waits for both columns: the protected column must s
 must not. Then checks that the δv panel draws its pictures.
 """
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -65,6 +66,15 @@ def click_first_example(page, section: str) -> None:
     )
 
 
+def png_bytes(page, source: str) -> bytes:
+    """The bytes a picture's `src` points to (a data URL or a file the app serves)."""
+    if source.startswith("data:"):
+        return base64.b64decode(source.split(",", 1)[1])
+    response = page.request.get(source)
+    assert response.ok, (source, response.status)
+    return response.body()
+
+
 def test_harmful_example_is_refused_only_by_the_protected_model(page, screenshots):
     click_first_example(page, "harmful-seen")
     assert (badge(page, "base"), badge(page, "protected")) == ("Answered", "Refused")
@@ -78,16 +88,19 @@ def test_delta_panel_draws_its_pictures(page, screenshots):
     click_first_example(page, "harmful-seen")
     page.get_by_role("tab", name="What the tensor looks like").click()
     # The views are redrawn after the answer: wait for the sentence only a picture's view has, then until every
-    # panel shows loaded pictures (the slider two).
+    # panel holds its pictures (the slider two), and check each one the page points to is a real PNG.
     page.locator("#delta-numbers").get_by_text("of this picture's values").wait_for(timeout=60_000)
+    panels = {"#delta-slider": 2, "#delta-amplified": 1, "#delta-heatmap": 1}
     page.wait_for_function(
-        """() => [['#delta-slider', 2], ['#delta-amplified', 1], ['#delta-heatmap', 1]].every(([panel, count]) => {
-            const loaded = [...document.querySelectorAll(panel + ' img')]
-                .filter(img => img.complete && img.naturalWidth > 0);
-            return loaded.length >= count;
-        })""",
-        timeout=60_000,
+        """(panels) => Object.entries(panels).every(([panel, count]) =>
+            [...document.querySelectorAll(panel + ' img')].filter(img => img.getAttribute('src')).length >= count)""",
+        arg=panels,
+        timeout=120_000,
     )
+    for panel, count in panels.items():
+        sources = page.eval_on_selector_all(f"{panel} img", "pictures => pictures.map(img => img.src).filter(Boolean)")
+        for source in sources[:count]:
+            assert png_bytes(page, source).startswith(b"\x89PNG"), (panel, source[:80])
     assert "L∞" in page.locator("#delta-numbers").inner_text()
     page.wait_for_load_state("networkidle")
     page.screenshot(path=screenshots / "app-delta-views.png", full_page=True)
