@@ -167,19 +167,17 @@ class LVLM:
         input embedding layer, active only inside this context.
         """
         batch = batch.to(self.device)
-        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **batch.token_fields}
-        inputs.update(self.adapter.model_image_inputs(batch.image_fields, batch.image_rows, batch.input_ids))
         rows = torch.ones(batch.size, dtype=torch.bool) if protect is None else torch.as_tensor(protect, dtype=torch.bool)
-        if tensor is None or not bool(rows.any()):
-            yield inputs
-            return
-        tensor.check_compatible(self)
-        if tensor.kind == "visual":
-            if batch.image_rows.numel():
-                protected_images = rows.to(self.device)[batch.image_rows]
-                delta = tensor.clamped().to(self.device)
-                perturbed = self.adapter.apply_visual(batch.image_fields, delta, protected_images)
-                inputs.update(self.adapter.model_image_inputs(perturbed, batch.image_rows, batch.input_ids))
+        active = tensor is not None and bool(rows.any())
+        if active:
+            tensor.check_compatible(self)
+        image_fields = batch.image_fields
+        if active and tensor.kind == "visual" and batch.image_rows.numel():
+            protected_images = rows.to(self.device)[batch.image_rows]
+            image_fields = self.adapter.apply_visual(image_fields, tensor.clamped().to(self.device), protected_images)
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **batch.token_fields}
+        inputs.update(self.adapter.model_image_inputs(image_fields, batch.image_rows, batch.input_ids))
+        if not (active and tensor.kind == "textual"):
             yield inputs
             return
         with self._virtual_tokens(batch, tensor, rows):
