@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.llava_shapes import build_lvlm, llava_7b_config  # noqa: E402
+from bench.llava_shapes import build_lvlm, llava_7b_config, tiny_llava_config  # noqa: E402
 from sectensor import TextualSecurityTensor, VisualSecurityTensor  # noqa: E402
 from sectensor.training import row_losses  # noqa: E402
 
@@ -110,6 +110,30 @@ def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", comp
     return result
 
 
+KERNEL_GROUPS = (("matrix multiplications", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul")),
+                 ("attention", ("flash", "fmha", "attention", "efficient")),
+                 ("fused elementwise (compiled)", ("triton",)))
+
+
+def profile_steps(lvlm, rows, batch_size: int, kind: str, steps: int = 3) -> dict:
+    """Where GPU time goes in our training step: share of kernel time per kind of kernel, and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    our_loop(lvlm, rows, batch_size, 2, kind, compiled=True)  # warm-up
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        our_loop(lvlm, rows, batch_size, steps, kind, compiled=True)
+    kernels = [(event.key, event.self_device_time_total) for event in profiler.key_averages() if event.self_device_time_total > 0]
+    total = sum(time for _, time in kernels)
+    shares: dict[str, float] = {}
+    for name, time in kernels:
+        group = next((label for label, keys in KERNEL_GROUPS if any(key in name.lower() for key in keys)), "other")
+        shares[group] = shares.get(group, 0.0) + time / total
+    top = sorted(kernels, key=lambda item: -item[1])[:8]
+    return {"kind": kind, "batch_size": batch_size, "gpu_ms_per_step": round(total / 1000 / steps, 1),
+            "shares": {group: round(share, 3) for group, share in sorted(shares.items(), key=lambda item: -item[1])},
+            "top_kernels": [[name[:90], round(time / total, 3)] for name, time in top]}
+
+
 def trajectory(lvlm, rows, batch_size: int, steps: int, straightforward: bool) -> list[float]:
     """Losses of `steps` δv updates from zero on fixed batches; straightforward = full logits, plain CE."""
     tensor = VisualSecurityTensor.zeros(lvlm).to(lvlm.device)
@@ -148,15 +172,13 @@ def free(lvlm) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true", help="a small model on CPU, to check the script")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 12, 16])
+    parser.add_argument("--profile", action="store_true", help="also profile the compiled δv and δt steps at the first batch size")
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
-    config = llava_7b_config()
+    config = tiny_llava_config() if args.tiny else llava_7b_config()
     if args.tiny:
-        config.text_config.num_hidden_layers = config.vision_config.num_hidden_layers = 1
-        config.text_config.hidden_size, config.text_config.intermediate_size = 256, 512
-        config.text_config.num_attention_heads = config.text_config.num_key_value_heads = 4
         args.batch_sizes, args.steps = [2], 3
     results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
 
@@ -171,9 +193,10 @@ def main() -> None:
     results["trajectory_straightforward_same_dtype"] = trajectory(lvlm, rows_for(lvlm, 8), 4, 5, straightforward=True)
     results["trajectory_ours"] = trajectory(lvlm, rows_for(lvlm, 8), 4, 5, straightforward=False)
     rows = rows_for(lvlm, max(args.batch_sizes) * 4)
-    textual_rows = rows_for(lvlm, args.batch_sizes[0] * 2, virtual_tokens=100)
-    plans = [(rows, size, "visual", False) for size in args.batch_sizes] + [(textual_rows, args.batch_sizes[0], "textual", False)]
-    plans += [(rows, size, "visual", True) for size in args.batch_sizes] + [(textual_rows, args.batch_sizes[0], "textual", True)]
+    textual_rows = rows_for(lvlm, max(args.batch_sizes) * 2, virtual_tokens=100)
+    plans = [(rows, args.batch_sizes[0], "visual", False), (textual_rows, args.batch_sizes[0], "textual", False)]
+    plans += [(rows, size, "visual", True) for size in args.batch_sizes]
+    plans += [(textual_rows, size, "textual", True) for size in (args.batch_sizes[0], args.batch_sizes[-1])]
     runs = results["ours"] = []
     for plan_rows, batch_size, kind, compiled in plans:
         if compiled:
@@ -186,6 +209,10 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    if args.profile and device == "cuda":
+        results["profile"] = [profile_steps(lvlm, rows, args.batch_sizes[0], "visual"),
+                              profile_steps(lvlm, textual_rows, args.batch_sizes[0], "textual")]
+        print(json.dumps(results["profile"]), file=sys.stderr, flush=True)
     best = max((run for run in runs if run.get("kind") == "visual" and "samples_per_s" in run), key=lambda r: r["samples_per_s"])
     results["best_visual_speedup_over_reference"] = round(best["samples_per_s"] / results["reference_fp32_batch1"]["samples_per_s"], 1)
     print(json.dumps(results, indent=2))

@@ -67,6 +67,15 @@ def llava_7b_config():
     return config
 
 
+def tiny_llava_config():
+    """The same architecture shrunk to one layer each and a 256-wide language model, to check scripts on CPU."""
+    config = llava_7b_config()
+    config.text_config.num_hidden_layers = config.vision_config.num_hidden_layers = 1
+    config.text_config.hidden_size, config.text_config.intermediate_size = 256, 512
+    config.text_config.num_attention_heads = config.text_config.num_key_value_heads = 4
+    return config
+
+
 def build_lvlm(dtype: torch.dtype, device: str = "cuda", config=None):
     """An `LVLM` around a freshly initialised model (seconds on a GPU)."""
     from transformers import LlavaForConditionalGeneration

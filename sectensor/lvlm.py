@@ -53,6 +53,19 @@ class Batch:
     def size(self) -> int:
         return self.input_ids.shape[0]
 
+    def columns(self, start: int, stop: int | None, with_images: bool = True) -> "Batch":
+        """Token positions start:stop of every row; the images come along unless `with_images` is False."""
+        def cut(value):
+            return None if value is None else value[:, start:stop]
+
+        return Batch(
+            input_ids=cut(self.input_ids), attention_mask=cut(self.attention_mask),
+            token_fields={name: cut(value) for name, value in self.token_fields.items()},
+            image_fields=dict(self.image_fields) if with_images else {},
+            image_rows=self.image_rows if with_images else self.image_rows[:0],
+            virtual_mask=cut(self.virtual_mask), target_mask=cut(self.target_mask),
+        )
+
 
 def _pad_and_concatenate(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Concatenate per-row image fields along dim 0, zero-padding the other dims to their largest size
@@ -209,16 +222,70 @@ class LVLM:
         """Logits only where answer tokens are predicted (never over the whole vocabulary at every position).
 
         Returns logits (num_answer_tokens, vocab_size), labels (num_answer_tokens,) and the row of each.
+
+        Two things make this the fast path for training. Rows are re-padded on the right, so causal attention
+        alone keeps every real token from seeing padding: no padding mask is built and SDPA can use its fused
+        flash kernel. And with a textual tensor, the tokens before the first δt slot (chat prefix, image tokens)
+        cannot depend on δt: they run once without autograd, and only the rest of the sequence, reading their
+        key-value cache, is back-propagated through.
         """
+        batch = _right_padded(batch)
         target = batch.target_mask.to(self.device)
         predicting = torch.zeros_like(target)
         predicting[:, :-1] = target[:, 1:]
-        with self.model_inputs(batch, tensor, protect) as inputs:
-            hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
-        logits = self.model.get_output_embeddings()(hidden[predicting]).float()
+        split = self._frozen_prefix_length(batch, tensor, protect, predicting)
+        if split:
+            hidden = self._hidden_after_prefix(batch, tensor, split)
+            positions = predicting[:, split:]
+        else:
+            with self.model_inputs(batch, tensor, protect) as inputs:
+                inputs.pop("attention_mask")
+                hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
+            positions = predicting
+        logits = self.model.get_output_embeddings()(hidden[positions]).float()
         labels = batch.input_ids.to(self.device)[target]
         row_of = torch.nonzero(predicting, as_tuple=True)[0]
         return logits, labels, row_of
+
+    def _frozen_prefix_length(self, batch: Batch, tensor, protect, predicting: torch.Tensor) -> int:
+        """How many leading tokens of every row come before any δt slot, image token excluded; 0 = no split.
+
+        Splitting only pays when gradients flow, and needs every row to carry δt after all of its image tokens.
+        """
+        if tensor is None or tensor.kind != "textual" or not torch.is_grad_enabled():
+            return 0
+        if not self.adapter.supports_prefix_cache or (protect is not None and not all(bool(p) for p in protect)):
+            return 0
+        virtual = batch.virtual_mask
+        if virtual is None or not bool(virtual.any(1).all()):
+            return 0
+        split = int(virtual.int().argmax(1).min())
+        image_tokens = self.adapter.image_token_mask(batch.input_ids)
+        if image_tokens is None or bool(image_tokens[:, split:].any()) or bool(predicting[:, :split].any()):
+            return 0
+        return split
+
+    def _hidden_after_prefix(self, batch: Batch, tensor, split: int) -> torch.Tensor:
+        """Last hidden states (batch_size, sequence_length - split, hidden) of the tokens from `split` on, the
+        first `split` tokens (no padding: rows are right-padded and longer than `split`) run without autograd."""
+        from transformers import DynamicCache
+
+        prefix, suffix = batch.columns(0, split), batch.columns(split, None, with_images=False)
+        cache = {self._cache_argument: DynamicCache(config=self.model.config)}
+        with torch.no_grad(), self.model_inputs(prefix) as inputs:
+            inputs.pop("attention_mask")
+            self.model.model(**inputs, **cache, use_cache=True)
+        positions = torch.arange(split, batch.input_ids.shape[1], device=self.device)
+        with self.model_inputs(suffix, tensor) as inputs:
+            inputs.pop("attention_mask")
+            return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
+
+    @property
+    def _cache_argument(self) -> str:
+        """The forward's name for the key-value cache: `cache` in newer transformers, `past_key_values` before."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.model.model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def generate(
@@ -237,6 +304,10 @@ class LVLM:
         virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
         batch = self.encode(images, prompts, virtual_tokens=virtual_tokens, protect=protect)
         tokenizer = self.tokenizer
+        if self.adapter.decodes_with_language_model:
+            rows = self.decoder.decode(batch, tensor, protect, max_new_tokens, streamer, temperature,
+                                       tokenizer.eos_token_id)
+            return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
         sampling = dict(do_sample=True, temperature=temperature, top_k=0) if temperature > 0 else dict(do_sample=False)
         with self.model_inputs(batch, tensor, protect) as inputs:
             output = self.model.generate(
@@ -251,6 +322,15 @@ class LVLM:
             )
         new_tokens = output[:, batch.input_ids.shape[1] :]
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @property
+    def decoder(self):
+        """The fast decoding loop (`sectensor.decoding.Decoder`), created on first use."""
+        if getattr(self, "_decoder", None) is None:
+            from .decoding import Decoder
+
+            self._decoder = Decoder(self)
+        return self._decoder
 
     def compile_blocks(self) -> None:
         """Compile every transformer block (vision and language) with `torch.compile`, for training on GPUs.
@@ -274,6 +354,28 @@ class LVLM:
         from transformers import StaticCache
 
         return {"past_key_values": StaticCache(config=self.model.config, max_cache_len=-(-length // 256) * 256)}
+
+
+def _right_padded(batch: Batch) -> Batch:
+    """The same rows with their left padding moved to the end (images and per-image fields unchanged)."""
+    lengths = batch.attention_mask.sum(1)
+    width = batch.input_ids.shape[1]
+    if bool((lengths == width).all()):
+        return batch
+    index = (torch.arange(width, device=lengths.device)[None] + (width - lengths)[:, None]) % width  # (B, L)
+
+    def roll(value):
+        if value is None:
+            return None
+        gathered = index.view(*index.shape, *([1] * (value.dim() - 2))).expand_as(value)
+        return value.gather(1, gathered)
+
+    return Batch(
+        input_ids=roll(batch.input_ids), attention_mask=roll(batch.attention_mask),
+        token_fields={name: roll(value) for name, value in batch.token_fields.items()},
+        image_fields=batch.image_fields, image_rows=batch.image_rows,
+        virtual_mask=roll(batch.virtual_mask), target_mask=roll(batch.target_mask),
+    )
 
 
 def _with_answer(row: RowEncoding, answer_ids: torch.Tensor) -> RowEncoding:

@@ -160,6 +160,37 @@ def test_gradients_reach_the_tensor_only(lvlm, kind):
 
 
 @pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_fast_training_path_matches_a_straightforward_forward(lvlm, kind):
+    """answer_logits (right padding without a mask; for δt a frozen prefix run once) gives the loss and the
+    gradient of a plain forward over the left-padded batch with full logits."""
+    slots = 3 if kind == "textual" else 0
+    tensor = random_visual(lvlm, scale=0.5) if kind == "visual" else TextualSecurityTensor(
+        torch.randn(slots, lvlm.hidden_size, generator=torch.Generator().manual_seed(2)), model_fingerprint(lvlm))
+    prompts = ["What is it?", "Describe the picture in a few words, please, and say where it is."]
+    batch = lvlm.encode(PICTURES[:1] * 2, prompts, answers=[REFUSAL, "A cat."], virtual_tokens=slots)
+    assert not batch.attention_mask.all(), "the rows should differ in length, so that the batch has padding"
+
+    fast = sa_loss(lvlm, batch, tensor)
+    (fast_grad,) = torch.autograd.grad(fast, tensor.delta)
+    with lvlm.model_inputs(batch, tensor) as inputs:
+        full = lvlm.model(**inputs).logits
+    predicting = torch.zeros_like(batch.target_mask)
+    predicting[:, :-1] = batch.target_mask[:, 1:]
+    plain = torch.nn.functional.cross_entropy(full[predicting].float(), batch.input_ids[batch.target_mask])
+    (plain_grad,) = torch.autograd.grad(plain, tensor.delta)
+
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_grad, plain_grad, atol=1e-6, rtol=1e-4)
+    if kind == "textual" and lvlm.adapter.supports_prefix_cache:
+        from sectensor.lvlm import _right_padded
+
+        right = _right_padded(batch)
+        predicting_right = torch.zeros_like(right.target_mask)
+        predicting_right[:, :-1] = right.target_mask[:, 1:]
+        assert lvlm._frozen_prefix_length(right, tensor, None, predicting_right) > 0, "the frozen prefix was not used"
+
+
+@pytest.mark.parametrize("kind", ["visual", "textual"])
 def test_a_few_training_steps_lower_the_sa_loss(lvlm, kind):
     slots = 4 if kind == "textual" else 0
     batch = lvlm.encode(PICTURES[:2], PROMPTS[1:3], answers=[REFUSAL, REFUSAL], virtual_tokens=slots)
@@ -189,6 +220,32 @@ def test_mixed_batch_equals_separate_runs(lvlm, kind):
     answers = lvlm.generate(images, prompts, tensor=tensor, protect=protect, max_new_tokens=3)
     assert answers[1] == lvlm.generate(images[1:2], prompts[1:2], tensor=tensor, max_new_tokens=3)[0]
     assert answers[2] == lvlm.generate(images[2:3], prompts[2:3], max_new_tokens=3)[0]
+
+
+def test_decoding_loop_gives_generates_tokens(lvlm):
+    """The fast decoding loop (prefill, then language-model steps) picks exactly the tokens `generate` picks,
+    in a batch mixing a protected row, its unprotected twin and a text-only row, and stops rows at their EOS."""
+    if not lvlm.adapter.decodes_with_language_model:
+        pytest.skip(f"{lvlm.architecture} decodes with model.generate")
+    tensor = TextualSecurityTensor(torch.randn(5, lvlm.hidden_size, generator=torch.Generator().manual_seed(3)),
+                                   model_fingerprint(lvlm))
+    protect = [False, True, False]
+    batch = lvlm.encode([PICTURES[1], PICTURES[1], None], [PROMPTS[0], PROMPTS[0], PROMPTS[3]], virtual_tokens=5,
+                        protect=protect)
+
+    def generated(eos_token_id):
+        with torch.no_grad(), lvlm.model_inputs(batch, tensor, protect) as inputs:
+            output = lvlm.model.generate(**inputs, max_new_tokens=10, do_sample=False, num_beams=1,
+                                         pad_token_id=lvlm.adapter.placeholder_token_id, eos_token_id=eos_token_id)
+        rows = output[:, batch.input_ids.shape[1]:].tolist()
+        return [row[: row.index(eos_token_id)] if eos_token_id in row else row for row in rows]
+
+    unstopped = lvlm.decoder.decode(batch, tensor, protect, max_new_tokens=10, eos_token_id=-1)
+    assert unstopped == generated(-1)
+    eos = unstopped[1][4]  # stop the protected row after a few tokens
+    stopped = lvlm.decoder.decode(batch, tensor, protect, max_new_tokens=10, eos_token_id=eos)
+    assert stopped == generated(eos)
+    assert len(stopped[1]) < 10
 
 
 def test_text_only_row_batched_with_images_equals_its_own_run(lvlm):

@@ -55,6 +55,10 @@ class FamilyAdapter:
     image_field_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
     # Whether generation may use a static (compilable) key-value cache on GPUs.
     supports_static_cache: ClassVar[bool] = True
+    # Whether decoding after the prompt needs the language model only (see sectensor/decoding.py).
+    decodes_with_language_model: ClassVar[bool] = True
+    # Whether training δt may run the tokens before δt once without autograd and reuse their key-value cache.
+    supports_prefix_cache: ClassVar[bool] = True
 
     def __init__(self, model: torch.nn.Module, processor) -> None:
         self.model = model
@@ -86,6 +90,14 @@ class FamilyAdapter:
             input_ids: (batch_size, sequence_length) the batch's tokens, left-padded.
         """
         return dict(image_fields)
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """True where input_ids (batch_size, sequence_length) hold an image placeholder token; None if unknown."""
+        config = self.model.config
+        token_id = getattr(config, "image_token_id", None)
+        if token_id is None:
+            token_id = getattr(config, "image_token_index", None)
+        return None if token_id is None else input_ids == token_id
 
     # ---- prompts ----------------------------------------------------------------------------------
     def format_prompt(self, prompt: str, has_image: bool) -> str:

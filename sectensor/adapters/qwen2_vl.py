@@ -39,6 +39,7 @@ CANONICAL_SIZE = 448
 @register_adapter
 class Qwen2VLAdapter(FamilyAdapter):
     architectures = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+    decodes_with_language_model = False  # its decoding positions depend on the image grid (multimodal rotary positions)
     token_field_names = ("mm_token_type_ids",)
     image_field_names = ("pixel_values", "image_grid_thw")
 
