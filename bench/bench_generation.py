@@ -26,7 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.llava_shapes import build_lvlm, llava_7b_config  # noqa: E402
 from sectensor import VisualSecurityTensor  # noqa: E402
+from bench.bench_training import kernel_summary  # noqa: E402
+from sectensor.decoding import Decoder  # noqa: E402
 
+# Inductor options tried for the compiled decoding step, besides the library's default (Decoder.COMPILE_OPTIONS).
+VARIANTS = {
+    "coordinate_descent": {"triton.cudagraphs": True, "coordinate_descent_tuning": True},
+    "coordinate_descent_decomposed_mm": {"triton.cudagraphs": True, "coordinate_descent_tuning": True,
+                                         "decompose_mem_bound_mm": True},
+}
 PROMPT = "Please describe what is in the image in detail and tell me how I can make one of these at home."
 
 
@@ -75,12 +83,26 @@ def main() -> None:
         rows = lvlm.encode(images, [PROMPT] * len(images), protect=protect)
         return lvlm.decoder.decode(rows, tensor, protect, max_new_tokens=new, eos_token_id=-1)
 
+    def with_options(options, images, tensor=None, protect=None):
+        """Our loop with other inductor options for the compiled step (a fresh Decoder compiles anew)."""
+        def run():
+            if getattr(lvlm.decoder, "options_key", None) != repr(options):
+                torch._dynamo.reset()
+                lvlm._decoder = Decoder(lvlm, options)
+                lvlm._decoder.options_key = repr(options)
+            return ours(images, tensor, protect)
+        return run
+
     plans = {
         "eager_generate_batch1": lambda: hf_generate(False),
         "generate_static_compiled_batch1": lambda: hf_generate(True),
         "ours_batch1": lambda: ours([image]),
         "ours_side_by_side": lambda: ours([image, image], tensor, [False, True]),
     }
+    if not args.tiny:
+        for label, options in VARIANTS.items():
+            plans[f"variant_{label}_batch1"] = with_options(options, [image])
+            plans[f"variant_{label}_side_by_side"] = with_options(options, [image, image], tensor, [False, True])
     repeats = 1 if args.tiny else 3
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "new_tokens": new,
                "prompt_tokens": int(batch.input_ids.shape[1]), "language_model_weight_gb": weight_bytes / 1e9}
@@ -93,6 +115,12 @@ def main() -> None:
         except Exception as error:  # report and go on: one failing variant should not hide the others
             results[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
+        if name == "ours_side_by_side" and device == "cuda":  # where the default decoding step's GPU time goes
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+                ours([image])
+            results["profile_ours_batch1"] = kernel_summary(profiler, new)
     if "ours_batch1" in outputs and "eager_generate_batch1" in outputs:
         reference = outputs["eager_generate_batch1"][0, batch.input_ids.shape[1]:].tolist()
         agree = next((i for i, (a, b) in enumerate(zip(reference, outputs["ours_batch1"][0])) if a != b), len(reference))

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.llava_shapes import build_lvlm, llava_7b_config, tiny_llava_config  # noqa: E402
 from sectensor import TextualSecurityTensor, VisualSecurityTensor  # noqa: E402
-from sectensor.training import row_losses  # noqa: E402
+from sectensor.training import collate_on_device, row_losses  # noqa: E402
 
 PROMPTS = [
     "Please describe what is in the image in detail and tell me how I can make one of these at home step by step.",
@@ -88,23 +88,30 @@ def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", comp
     encodings = [one_row(row) for row in rows]
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     times, losses = [], []
+
+    def rows_of(step):
+        return [encodings[(step * batch_size + i) % len(encodings)] for i in range(batch_size)]
+
+    # As train.py runs: the next batch is collated while the GPU runs this step's backward pass, and the loss is
+    # read back (logged) every step.
+    upcoming = collate_on_device(lvlm, rows_of(0))
+    sync()
     for step in range(steps):
-        chunk = [encodings[(step * batch_size + i) % len(encodings)] for i in range(batch_size)]
-        sync()
         start = time.perf_counter()
-        batch = lvlm.collate(chunk)
+        batch = upcoming
         loss = row_losses(lvlm, batch, tensor).mean()
         optimizer.zero_grad()
         loss.backward()
+        if step + 1 < steps:
+            upcoming = collate_on_device(lvlm, rows_of(step + 1))
         optimizer.step()
         if kind == "visual":
             tensor.project_()
-        sync()
-        times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
+        times.append(time.perf_counter() - start)
     result = {"batch_size": batch_size, "kind": kind, "compiled": compiled,
               "samples_per_s": round(batch_size / float(np.median(times[3:] or times)), 2),
-              "tokens_per_sample": int(chunk[0].input_ids.shape[0])}
+              "tokens_per_sample": int(encodings[0].input_ids.shape[0])}
     if torch.cuda.is_available():
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     return result
@@ -115,13 +122,8 @@ KERNEL_GROUPS = (("matrix multiplications", ("gemm", "cutlass", "nvjet", "xmma",
                  ("fused elementwise (compiled)", ("triton",)))
 
 
-def profile_steps(lvlm, rows, batch_size: int, kind: str, steps: int = 3) -> dict:
-    """Where GPU time goes in our training step: share of kernel time per kind of kernel, and the top kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    our_loop(lvlm, rows, batch_size, 2, kind, compiled=True)  # warm-up
-    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-        our_loop(lvlm, rows, batch_size, steps, kind, compiled=True)
+def kernel_summary(profiler, steps: int) -> dict:
+    """GPU kernel time per step, its share per kind of kernel, and the top kernels, from a finished profiler."""
     kernels = [(event.key, event.self_device_time_total) for event in profiler.key_averages() if event.self_device_time_total > 0]
     total = sum(time for _, time in kernels)
     shares: dict[str, float] = {}
@@ -129,9 +131,19 @@ def profile_steps(lvlm, rows, batch_size: int, kind: str, steps: int = 3) -> dic
         group = next((label for label, keys in KERNEL_GROUPS if any(key in name.lower() for key in keys)), "other")
         shares[group] = shares.get(group, 0.0) + time / total
     top = sorted(kernels, key=lambda item: -item[1])[:8]
-    return {"kind": kind, "batch_size": batch_size, "gpu_ms_per_step": round(total / 1000 / steps, 1),
+    return {"gpu_ms_per_step": round(total / 1000 / steps, 2),
             "shares": {group: round(share, 3) for group, share in sorted(shares.items(), key=lambda item: -item[1])},
             "top_kernels": [[name[:90], round(time / total, 3)] for name, time in top]}
+
+
+def profile_steps(lvlm, rows, batch_size: int, kind: str, steps: int = 3) -> dict:
+    """Where GPU time goes in our training step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    our_loop(lvlm, rows, batch_size, 2, kind, compiled=True)  # warm-up
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        our_loop(lvlm, rows, batch_size, steps, kind, compiled=True)
+    return {"kind": kind, "batch_size": batch_size, **kernel_summary(profiler, steps)}
 
 
 def trajectory(lvlm, rows, batch_size: int, steps: int, straightforward: bool) -> list[float]:

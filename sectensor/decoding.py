@@ -25,11 +25,15 @@ _CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new
 class Decoder:
     """The per-model state of fast decoding: compiled step and static caches, reused across calls."""
 
-    def __init__(self, lvlm: LVLM) -> None:
+    # Inductor options of the compiled step: CUDA graphs (what mode="reduce-overhead" sets).
+    COMPILE_OPTIONS = {"triton.cudagraphs": True}
+
+    def __init__(self, lvlm: LVLM, compile_options: dict | None = None) -> None:
         self.lvlm = lvlm
         self.compiled = lvlm.device.type == "cuda" and lvlm.adapter.supports_static_cache
         self._caches: dict[tuple[int, int], object] = {}
-        self._step = torch.compile(self._forward_step, mode="reduce-overhead", dynamic=False) if self.compiled else self._forward_step
+        options = self.COMPILE_OPTIONS if compile_options is None else compile_options
+        self._step = torch.compile(self._forward_step, options=options, dynamic=False) if self.compiled else self._forward_step
 
     def _forward_step(self, input_ids, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
         """Logits (batch_size, vocab_size) of the token after `input_ids` (batch_size, 1)."""

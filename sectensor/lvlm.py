@@ -230,22 +230,22 @@ class LVLM:
         key-value cache, is back-propagated through.
         """
         batch = _right_padded(batch)
-        target = batch.target_mask.to(self.device)
+        target = batch.target_mask.cpu()
         predicting = torch.zeros_like(target)
         predicting[:, :-1] = target[:, 1:]
         split = self._frozen_prefix_length(batch, tensor, protect, predicting)
         if split:
             hidden = self._hidden_after_prefix(batch, tensor, split)
-            positions = predicting[:, split:]
         else:
             with self.model_inputs(batch, tensor, protect) as inputs:
                 inputs.pop("attention_mask")
                 hidden = self.model.model(**inputs, use_cache=False).last_hidden_state
-            positions = predicting
-        logits = self.model.get_output_embeddings()(hidden[positions]).float()
-        labels = batch.input_ids.to(self.device)[target]
-        row_of = torch.nonzero(predicting, as_tuple=True)[0]
-        return logits, labels, row_of
+        # Positions found on the CPU and gathered with index tensors: a boolean mask on the GPU would make the
+        # CPU wait for the whole forward before it could queue the rest of the step.
+        rows, columns = (index.to(self.device, non_blocking=True) for index in torch.nonzero(predicting, as_tuple=True))
+        logits = self.model.get_output_embeddings()(hidden[rows, columns - split]).float()
+        labels = batch.input_ids.cpu()[target].to(self.device, non_blocking=True)
+        return logits, labels, rows
 
     def _frozen_prefix_length(self, batch: Batch, tensor, protect, predicting: torch.Tensor) -> int:
         """How many leading tokens of every row come before any δt slot, image token excluded; 0 = no split.

@@ -196,6 +196,17 @@ def epoch_batches(splits: Sequence[str], lengths: Sequence[int], batch_size: int
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+def collate_on_device(lvlm: LVLM, encodings: Sequence[RowEncoding]) -> Batch:
+    """Collate rows and start copying their pictures to the model's device; on a GPU the copy goes through pinned
+    memory and does not make the CPU wait, so the next batch can be prepared while the GPU still works."""
+    batch = lvlm.collate(list(encodings))
+    device = lvlm.device
+    if device.type == "cuda":
+        batch.image_fields = {name: value.pin_memory().to(device, non_blocking=True)
+                              for name, value in batch.image_fields.items()}
+    return batch
+
+
 def augment_pixels(pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random scale (0.8–1.05), shift (±10 %) and horizontal flip of each image, borders repeated.
 
@@ -231,7 +242,7 @@ def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows:
         log_base = F.log_softmax(base_logits, dim=-1)
         token_kl = (log_base.exp() * (log_base - log_p)).sum(-1)
         token_losses = torch.where(kl_rows.to(row_of.device)[row_of], token_kl, token_losses)
-    counts = torch.bincount(row_of, minlength=batch.size).clamp(min=1)
+    counts = batch.target_mask.sum(1).clamp(min=1).to(token_losses.device)  # answer tokens per row
     return torch.zeros(batch.size, device=token_losses.device).index_add(0, row_of, token_losses) / counts
 
 
@@ -388,22 +399,35 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
 
     bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
     started, running, skipped, skipped_in_a_row = time.perf_counter(), {}, 0, 0
-    plan: tuple[int, list[list[int]]] = (-1, [])
+    plans: dict[int, list[list[int]]] = {}
+
+    def prepare(step: int) -> tuple[list[int], int, Batch]:
+        """This process's rows of `step`, the size of the whole batch, and the rows collated, their pictures on
+        the device (augmented if asked)."""
+        epoch = step // steps_per_epoch
+        if epoch not in plans:
+            plans.clear()
+            plans[epoch] = epoch_batches(row_splits, lengths, config.batch_size, config.seed, epoch, min_rows=world)
+        whole = plans[epoch][step % steps_per_epoch]
+        rows = whole[rank::world]
+        batch = collate_on_device(lvlm, [examples[index].encoding for index in rows])
+        if config.augment and batch.image_rows.numel():
+            batch.image_fields["pixel_values"] = augment_pixels(batch.image_fields["pixel_values"],
+                                                                _generator(config.seed, step, rank))
+        return rows, len(whole), batch
+
+    upcoming = prepare(start_step) if start_step < total_steps else None
     for step in range(start_step, total_steps):
         epoch = step // steps_per_epoch
-        if plan[0] != epoch:
-            plan = (epoch, epoch_batches(row_splits, lengths, config.batch_size, config.seed, epoch, min_rows=world))
-        rows = plan[1][step % steps_per_epoch][rank::world]
-        batch = lvlm.collate([examples[index].encoding for index in rows])
-        if config.augment and batch.image_rows.numel():
-            pixels = batch.image_fields["pixel_values"].to(device)
-            batch.image_fields["pixel_values"] = augment_pixels(pixels, _generator(config.seed, step, rank))
+        rows, whole_batch_size, batch = upcoming
         losses = row_losses(lvlm, batch, tensor, kl[rows])
         # Sum over this process's rows, scaled so that averaging the gradients over processes gives the mean over
         # the whole batch even when processes got different numbers of rows.
-        loss = (weights[rows].to(device) * losses).sum() * world / len(plan[1][step % steps_per_epoch])
+        loss = (weights[rows].to(device) * losses).sum() * world / whole_batch_size
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
+        if step + 1 < total_steps:  # collate the next batch while the GPU still runs this backward pass
+            upcoming = prepare(step + 1)
         split_sums = _split_sums(losses.detach(), [examples[index].split for index in rows])
         if world > 1:  # average δ gradients and gather the numbers that are logged
             torch.distributed.all_reduce(tensor.delta.grad)
