@@ -146,6 +146,35 @@ def profile_steps(lvlm, rows, batch_size: int, kind: str, steps: int = 3) -> dic
     return {"kind": kind, "batch_size": batch_size, **kernel_summary(profiler, steps)}
 
 
+def idle_gaps(lvlm, rows, batch_size: int, kind: str, trace_path: str | None, steps: int = 2) -> dict:
+    """When the GPU waits for the CPU during our training steps: the idle gaps between kernels longer than 0.2 ms,
+    their total per step, and for the longest ones the innermost CPU operation running when they begin."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    our_loop(lvlm, rows, batch_size, 3, kind, compiled=True)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as profiler:
+        our_loop(lvlm, rows, batch_size, steps, kind, compiled=True)
+    if trace_path:
+        profiler.export_chrome_trace(trace_path)
+    events = list(profiler.events())
+    kernels = sorted((e for e in events if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    gaps = []
+    for before, after in zip(kernels, kernels[1:]):
+        gap = after.time_range.start - before.time_range.end
+        if gap > 200:  # microseconds
+            gaps.append((gap, before.time_range.end))
+    described = []
+    for gap, begin in sorted(gaps, reverse=True)[:12]:
+        running = [e for e in cpu if e.time_range.start <= begin <= e.time_range.end]
+        inner = min(running, key=lambda e: e.time_range.end - e.time_range.start, default=None)
+        stack = [frame for frame in (inner.stack if inner is not None else []) if "site-packages/torch" not in frame][:4]
+        described.append({"ms": round(gap / 1000, 2), "cpu_op": inner.name if inner else None, "stack": stack})
+    return {"kind": kind, "batch_size": batch_size, "idle_ms_per_step": round(sum(g for g, _ in gaps) / 1000 / steps, 1),
+            "gaps_per_step": len(gaps) / steps, "longest": described}
+
+
 def trajectory(lvlm, rows, batch_size: int, steps: int, straightforward: bool) -> list[float]:
     """Losses of `steps` δv updates from zero on fixed batches; straightforward = full logits, plain CE."""
     tensor = VisualSecurityTensor.zeros(lvlm).to(lvlm.device)
@@ -187,6 +216,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 12, 16])
     parser.add_argument("--profile", action="store_true", help="also profile the compiled δv and δt steps at the first batch size")
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--gaps-only", action="store_true", help="only find where the GPU waits in a compiled δv step")
+    parser.add_argument("--trace", help="with --gaps-only, also write the profiler's Chrome trace here")
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
     config = tiny_llava_config() if args.tiny else llava_7b_config()
@@ -194,6 +225,13 @@ def main() -> None:
         args.batch_sizes, args.steps = [2], 3
     results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
 
+    if args.gaps_only:
+        lvlm = build_lvlm(torch.bfloat16 if device == "cuda" else torch.float32, device, config)
+        if device == "cuda":
+            lvlm.compile_blocks()
+        gaps = idle_gaps(lvlm, rows_for(lvlm, args.batch_sizes[0] * 2), args.batch_sizes[0], "visual", args.trace)
+        print(json.dumps(gaps, indent=2))
+        return
     lvlm = build_lvlm(torch.float32, device, config)
     rows = rows_for(lvlm, max(args.batch_sizes) * 2)
     results["reference_fp32_batch1"] = reference_loop(lvlm, rows, 3 if args.tiny else 8)

@@ -1,39 +1,81 @@
-"""Decoding a batch token by token: a small loop around one (on GPUs compiled) language-model step.
+"""Decoding a batch token by token: a small loop around one language-model step, on GPUs a CUDA graph.
 
 Why not `model.generate`: at batch 1–2 a 7B model's decoding step is bound by reading its weights once
-(≈ 4 ms on an H100), and `generate`'s per-token Python work (input preparation, logits processors, a stopping
-check that waits for the GPU) costs about as much again. Here the prompt is prefilled by the full model (image
-inputs and δt's hook apply as usual), then every new token is one call of the language model alone:
+(≈ 4 ms on an H100), and the Python work around each step (input preparation, logits processors, stopping
+checks, guard checks of a compiled function) costs milliseconds more. Here the prompt is prefilled by the full
+model (image inputs and δt's hook apply as usual), then every new token is one call of the language model alone:
 
-    prefill   model(prompt, images)           → key-value cache, first token
-    step t    decoder(token, position, cache)  → next token     (CUDA graph on GPUs, static cache)
+    prefill   model(prompt, images)            → key-value cache, logits of the first new token
+    step      decoder(token, position, cache)  → logits of the next token
 
-The next step is queued before the previous token is read back, so the GPU never waits for Python. Families
-whose decoding needs more than the language model (Qwen2-VL's multimodal positions, Mllama's cross-attention)
-set `FamilyAdapter.decodes_with_language_model = False` and use `generate`.
+On GPUs the step is compiled once and captured in a CUDA graph per (batch size, cache size) with its own input
+buffers; the graph also advances the positions, so a step costs the CPU one token copy and one replay. The next
+step is queued before the previous token is read back, so the GPU does not wait for Python. Families whose
+decoding needs more than the language model (Qwen2-VL's multimodal positions, Mllama's cross-attention) set
+`FamilyAdapter.decodes_with_language_model = False` and use `generate`.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
 from .lvlm import LVLM, Batch
 
-_CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths rarely recompile
+_CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths reuse graphs
+
+
+class _GraphedStep:
+    """One decoding step captured as a CUDA graph, for one static cache (and so one batch size).
+
+    Buffers, all (batch_size, ...): input_ids (B, 1), position_ids (B, 1), cache_position (1,), attention_mask
+    (B, cache_size), logits (B, vocab_size). Replaying computes logits and advances both positions by one.
+    """
+
+    def __init__(self, step, cache, batch_size: int, cache_size: int, device: torch.device) -> None:
+        self.cache = cache
+        self.input_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.position_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
+        self.attention_mask = torch.ones(batch_size, cache_size, dtype=torch.long, device=device)
+        arguments = (self.input_ids, self.position_ids, self.cache_position, self.attention_mask, cache)
+        # Warm-up (compilation, library workspaces) off the main stream, as CUDA graph capture requires. It writes
+        # into the still empty cache, which is emptied again before use.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step(*arguments)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step(*arguments)
+            self.position_ids += 1
+            self.cache_position += 1
+
+    def start(self, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache_position: int) -> None:
+        width = attention_mask.shape[1]
+        self.attention_mask[:, :width].copy_(attention_mask)
+        self.attention_mask[:, width:] = 1
+        self.position_ids.copy_(position_ids)
+        self.cache_position.fill_(cache_position)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.input_ids.copy_(tokens[:, None])
+        self.graph.replay()
+        return self.logits
 
 
 class Decoder:
-    """The per-model state of fast decoding: compiled step and static caches, reused across calls."""
-
-    # Inductor options of the compiled step: CUDA graphs (what mode="reduce-overhead" sets).
-    COMPILE_OPTIONS = {"triton.cudagraphs": True}
+    """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
     def __init__(self, lvlm: LVLM, compile_options: dict | None = None) -> None:
         self.lvlm = lvlm
-        self.compiled = lvlm.device.type == "cuda" and lvlm.adapter.supports_static_cache
-        self._caches: dict[tuple[int, int], object] = {}
-        options = self.COMPILE_OPTIONS if compile_options is None else compile_options
-        self._step = torch.compile(self._forward_step, options=options, dynamic=False) if self.compiled else self._forward_step
+        self.graphed = lvlm.device.type == "cuda" and lvlm.adapter.supports_static_cache
+        self._graphs: dict[tuple[int, int], _GraphedStep] = {}
+        self._step = torch.compile(self._forward_step, options=compile_options or {}, dynamic=False) if self.graphed \
+            else self._forward_step
 
     def _forward_step(self, input_ids, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
         """Logits (batch_size, vocab_size) of the token after `input_ids` (batch_size, 1)."""
@@ -43,19 +85,23 @@ class Decoder:
         ).last_hidden_state
         return self.lvlm.model.get_output_embeddings()(hidden[:, -1]).float()
 
-    def _cache(self, batch_size: int, length: int):
-        from transformers import DynamicCache, StaticCache
+    def _graphed_step(self, batch_size: int, length: int) -> _GraphedStep | None:
+        """The captured step (with its emptied static cache) for this shape; None if capturing fails."""
+        from transformers import StaticCache
 
-        config = self.lvlm.model.config
-        if not self.compiled:
-            return DynamicCache(config=config)
         size = -(-length // _CACHE_GRANULARITY) * _CACHE_GRANULARITY
         key = (batch_size, size)
-        if key not in self._caches:  # one cache per shape: the CUDA graph keeps its memory addresses
-            self._caches[key] = StaticCache(config=config, max_cache_len=size)
-        cache = self._caches[key]
-        cache.reset()
-        return cache
+        if key not in self._graphs:
+            cache = StaticCache(config=self.lvlm.model.config, max_cache_len=size)
+            try:
+                self._graphs[key] = _GraphedStep(self._step, cache, batch_size, size, self.lvlm.device)
+            except RuntimeError as error:  # an operation that cannot run inside a CUDA graph
+                warnings.warn(f"decoding without a CUDA graph: capturing the step failed ({error})")
+                self.graphed, self._step = False, self._forward_step
+                return None
+        graphed = self._graphs[key]
+        graphed.cache.reset()
+        return graphed
 
     @torch.no_grad()
     def decode(self, batch: Batch, tensor=None, protect=None, max_new_tokens: int = 48, streamer=None,
@@ -65,10 +111,13 @@ class Decoder:
         `streamer.put` receives the prompt ids first, then each step's tokens (batch_size,), as with `generate`.
         Greedy unless `temperature` > 0, which samples from the full distribution.
         """
+        from transformers import DynamicCache
+
         lvlm = self.lvlm
-        batch_size, prompt_length = batch.input_ids.shape
-        cache = self._cache(batch_size, prompt_length + max_new_tokens)
         device = lvlm.device
+        batch_size, prompt_length = batch.input_ids.shape
+        graphed = self._graphed_step(batch_size, prompt_length + max_new_tokens) if self.graphed else None
+        cache = graphed.cache if graphed is not None else DynamicCache(config=lvlm.model.config)
         if streamer is not None:
             streamer.put(batch.input_ids)
         with lvlm.model_inputs(batch, tensor, protect) as inputs:
@@ -78,10 +127,12 @@ class Decoder:
                 **inputs, position_ids=positions, cache_position=torch.arange(prompt_length, device=device),
                 use_cache=True, logits_to_keep=1, **{lvlm._cache_argument: cache},
             ).logits[:, -1].float()
-        full_length = getattr(cache, "max_cache_len", prompt_length + max_new_tokens)
-        attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch_size, full_length - prompt_length)], dim=1)
         next_position = prompt_mask.sum(-1, keepdim=True)  # (batch_size, 1)
-        cache_positions = torch.arange(prompt_length, prompt_length + max_new_tokens, device=device)
+        if graphed is not None:
+            graphed.start(prompt_mask, next_position, prompt_length)
+            step = graphed
+        else:
+            step = self._eager_steps(cache, prompt_mask, next_position, prompt_length, max_new_tokens)
 
         def choose(step_logits: torch.Tensor) -> torch.Tensor:
             if temperature > 0:
@@ -91,16 +142,9 @@ class Decoder:
         tokens = choose(logits)
         rows: list[list[int]] = [[] for _ in range(batch_size)]
         finished = torch.zeros(batch_size, dtype=torch.bool)
-        for step in range(max_new_tokens):
-            upcoming = None
-            if step + 1 < max_new_tokens:  # queue the next step before reading this token back
-                length = prompt_length + step + 1
-                mask = attention_mask if self.compiled else attention_mask[:, :length]
-                if self.compiled:
-                    torch.compiler.cudagraph_mark_step_begin()
-                step_logits = self._step(tokens[:, None], next_position + step, cache_positions[step : step + 1],
-                                         mask, cache)
-                upcoming = choose(step_logits.clone() if self.compiled else step_logits)
+        for index in range(max_new_tokens):
+            # Queue the next step before reading this token back.
+            upcoming = choose(step(tokens)) if index + 1 < max_new_tokens else None
             host = tokens.cpu()
             if streamer is not None:
                 streamer.put(host)
@@ -116,3 +160,18 @@ class Decoder:
         if streamer is not None:
             streamer.end()
         return rows
+
+    def _eager_steps(self, cache, prompt_mask: torch.Tensor, next_position: torch.Tensor, prompt_length: int,
+                     max_new_tokens: int):
+        """The step without a graph (CPUs): the attention mask grows with the dynamic cache."""
+        attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], dim=1)
+        state = {"done": 0}
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            done = state["done"]
+            state["done"] += 1
+            length = prompt_length + done + 1
+            return self._step(tokens[:, None], next_position + done,
+                              torch.tensor([length - 1], device=tokens.device), attention_mask[:, :length], cache)
+
+        return step

@@ -333,16 +333,21 @@ class LVLM:
         return self._decoder
 
     def compile_blocks(self) -> None:
-        """Compile every transformer block (vision and language) with `torch.compile`, for training on GPUs.
-
-        Blocks are compiled one by one, with dynamic sequence lengths, so a new batch length does not recompile
-        and the tensor's hooks and the model's top-level code stay eager. Fusing each block's normalisations,
-        activations and rotary embeddings saves memory traffic and activation memory.
+        """Compile the model for training on GPUs with `torch.compile`: every language-model block on its own, with
+        dynamic sequence lengths, so that a new batch length does not recompile and the tensor's hooks and the
+        model's top-level code stay eager; the vision tower as one graph where the family allows it, else block
+        by block. Fusing each block's normalisations, activations and rotary embeddings saves memory traffic and
+        activation memory; one graph for the vision tower keeps its many small kernels from waiting on Python.
         """
         from transformers.modeling_layers import GradientCheckpointingLayer
 
+        name = self.adapter.whole_vision_tower
+        vision = getattr(getattr(self.model, "model", self.model), name) if name else None
+        whole = set(vision.modules()) if vision is not None else set()
+        if vision is not None and vision._compiled_call_impl is None:
+            vision.compile()  # a new number of pictures recompiles once, then that size is dynamic
         for module in self.model.modules():
-            if isinstance(module, GradientCheckpointingLayer) and module._compiled_call_impl is None:
+            if isinstance(module, GradientCheckpointingLayer) and module not in whole and module._compiled_call_impl is None:
                 module.compile(dynamic=True)
 
     def _decoding_cache(self, length: int) -> dict:

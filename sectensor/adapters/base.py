@@ -55,6 +55,9 @@ class FamilyAdapter:
     image_field_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
     # Whether generation may use a static (compilable) key-value cache on GPUs.
     supports_static_cache: ClassVar[bool] = True
+    # Attribute of the inner model holding the vision tower, when it takes pictures of one fixed shape and can
+    # be compiled as one graph for training (per-block compilation leaves a CPU-bound vision tower on GPUs).
+    whole_vision_tower: ClassVar[str | None] = None
     # Whether decoding after the prompt needs the language model only (see sectensor/decoding.py).
     decodes_with_language_model: ClassVar[bool] = True
     # Whether training δt may run the tokens before δt once without autograd and reuse their key-value cache.

@@ -16,6 +16,7 @@ from .registry import register_adapter
 @register_adapter
 class LlavaAdapter(FamilyAdapter):
     architectures = ("LlavaForConditionalGeneration",)
+    whole_vision_tower = "vision_tower"
 
     def visual_shape(self) -> tuple[int, ...]:
         size = self.processor.image_processor.crop_size
