@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -436,9 +437,12 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             loss_value = split_sums[0].sum() / split_sums[1].sum().clamp(min=1)
         else:
             loss_value = loss.detach()
-        if not torch.isfinite(split_sums).all():
-            raise _diverged(f"the loss became {float(loss_value)}", step, epoch, checkpoint_path, config)
-        gradient_ok = bool(torch.isfinite(tensor.delta.grad).all())
+        # One read-back a step: per-split sums and counts, the loss, and whether the gradient is finite.
+        numbers = torch.cat([split_sums.flatten(), loss_value.float().reshape(1),
+                             torch.isfinite(tensor.delta.grad).all().float().reshape(1)]).tolist()
+        sums, counts, loss_number, gradient_ok = numbers[0:3], numbers[3:6], numbers[6], numbers[7] == 1.0
+        if not all(math.isfinite(value) for value in sums):
+            raise _diverged(f"the loss became {loss_number}", step, epoch, checkpoint_path, config)
         # A finite loss with a non-finite gradient happens now and then with bfloat16 weights on GPUs: skip that
         # update, as mixed-precision training does; many in a row mean the run has diverged.
         skipped_in_a_row = 0 if gradient_ok else skipped_in_a_row + 1
@@ -450,18 +454,21 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             optimizer.step()
         if isinstance(tensor, VisualSecurityTensor):
             tensor.project_()
-        if not torch.isfinite(tensor.delta).all():  # checked before the checkpoint, which must stay good
+        saving = (step + 1) % config.save_every == 0 or step + 1 == total_steps
+        # Checked before a checkpoint, which must stay good (between checkpoints a non-finite tensor shows up as a
+        # non-finite loss at the next step).
+        if saving and not torch.isfinite(tensor.delta).all():
             raise _diverged("the tensor's values overflowed", step, epoch, checkpoint_path, config)
-        record = {"step": step + 1, "epoch": epoch + 1, "loss": float(loss_value), "lr": config.lr,
+        record = {"step": step + 1, "epoch": epoch + 1, "loss": loss_number, "lr": config.lr,
                   "seconds": round(time.perf_counter() - started, 3), **({} if gradient_ok else {"skipped": True})}
         for index, split in enumerate(("SA", "TCB", "GB")):
-            if split_sums[1, index] > 0:
-                record[split] = float(split_sums[0, index] / split_sums[1, index])
+            if counts[index] > 0:
+                record[split] = sums[index] / counts[index]
                 running[split] = record[split] if split not in running else 0.9 * running[split] + 0.1 * record[split]
         if state.is_main_process:
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if (step + 1) % config.save_every == 0 or step + 1 == total_steps:
+            if saving:
                 save_checkpoint(checkpoint_path, tensor, optimizer, step + 1, settings)
         if bar is not None:
             bar.update(1)
