@@ -41,10 +41,8 @@ def forced(lvlm, images, prompts, tensor, protect, new_tokens: int) -> int:
     batch = lvlm.encode(images, prompts, virtual_tokens=virtual, protect=protect)
     streamer = BatchTextStreamer(lvlm.tokenizer, len(prompts), eos_token_id=None, timeout=120)
 
-    def work():
-        with torch.no_grad(), lvlm.model_inputs(batch, tensor, protect) as inputs:
-            lvlm.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                pad_token_id=lvlm.adapter.placeholder_token_id, streamer=streamer)
+    def work():  # the app's decoding loop (sectensor.decoding), with no end token
+        lvlm.decoder.decode(batch, tensor, protect, max_new_tokens=new_tokens, streamer=streamer, eos_token_id=-1)
 
     worker = threading.Thread(target=work)
     worker.start()

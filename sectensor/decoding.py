@@ -26,33 +26,56 @@ from .lvlm import LVLM, Batch
 _CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths reuse graphs
 
 
-class _GraphedStep:
-    """One decoding step captured as a CUDA graph, for one static cache (and so one batch size).
+class _StaticStep:
+    """One decoding step over a static cache (so one batch size), with its own input buffers; on GPUs captured
+    as a CUDA graph.
 
-    Buffers, all (batch_size, ...): input_ids (B, 1), position_ids (B, 1), cache_position (1,), attention_mask
-    (B, cache_size), logits (B, vocab_size). Replaying computes logits and advances both positions by one.
+    Buffers: input_ids (B, 1), position_ids (B, 1), cache_position (1,), attention_mask (B, cache_size), logits
+    (B, vocab_size). A call computes the logits and advances both positions by one.
     """
 
-    def __init__(self, step, cache, batch_size: int, cache_size: int, device: torch.device) -> None:
-        self.cache = cache
+    def __init__(self, step, cache, batch_size: int, cache_size: int, device: torch.device, eager_step=None) -> None:
+        self.step, self.cache, self.eager_step = step, cache, eager_step or step
         self.input_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position_ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
         self.attention_mask = torch.ones(batch_size, cache_size, dtype=torch.long, device=device)
-        arguments = (self.input_ids, self.position_ids, self.cache_position, self.attention_mask, cache)
-        # Warm-up (compilation, library workspaces) off the main stream, as CUDA graph capture requires. It writes
-        # into the still empty cache, which is emptied again before use.
+        self.graph = None
+        if device.type == "cuda":
+            self._capture()
+
+    def _arguments(self) -> tuple:
+        return self.input_ids, self.position_ids, self.cache_position, self.attention_mask, self.cache
+
+    def _advance(self) -> torch.Tensor:
+        logits = self.step(*self._arguments())
+        self.position_ids += 1
+        self.cache_position += 1
+        return logits
+
+    def _capture(self) -> None:
+        # Warm-up off the main stream, as CUDA graph capture requires: one eager step allocates the cache's
+        # tensors outside the compiled code (they must outlive it), then the compiled step compiles and sets up
+        # its library workspaces. The writes go into the still empty cache, which is emptied again before use.
+        device = self.input_ids.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
+            self.eager_step(*self._arguments())
             for _ in range(2):
-                step(*arguments)
+                self.step(*self._arguments())
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = step(*arguments)
-            self.position_ids += 1
-            self.cache_position += 1
+            self.logits = self._advance()
+        # Self-check: the replayed graph must give the eager step's logits for the same inputs.
+        expected = self.eager_step(*self._arguments()).clone()
+        self.graph.replay()
+        self.position_ids.zero_()
+        self.cache_position.zero_()
+        error = float((self.logits - expected).abs().max())
+        if not error <= 0.05 * float(expected.abs().max()) + 1e-3:
+            raise RuntimeError(f"the captured step's logits differ from the eager step's by up to {error:.3g}")
 
     def start(self, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache_position: int) -> None:
         width = attention_mask.shape[1]
@@ -63,6 +86,8 @@ class _GraphedStep:
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         self.input_ids.copy_(tokens[:, None])
+        if self.graph is None:
+            return self._advance()
         self.graph.replay()
         return self.logits
 
@@ -70,11 +95,15 @@ class _GraphedStep:
 class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
-    def __init__(self, lvlm: LVLM, compile_options: dict | None = None) -> None:
+    def __init__(self, lvlm: LVLM, compile_options: dict | None = None, static: bool | None = None) -> None:
+        """`static` (default: on GPUs, where the family allows it) decodes over a static cache, on GPUs compiled
+        and captured in a CUDA graph; otherwise over a dynamic cache, eagerly (faster on CPUs)."""
         self.lvlm = lvlm
-        self.graphed = lvlm.device.type == "cuda" and lvlm.adapter.supports_static_cache
-        self._graphs: dict[tuple[int, int], _GraphedStep] = {}
-        self._step = torch.compile(self._forward_step, options=compile_options or {}, dynamic=False) if self.graphed \
+        on_gpu = lvlm.device.type == "cuda"
+        self.static = (on_gpu and lvlm.adapter.supports_static_cache) if static is None else static
+        self._static_steps: dict[tuple[int, int], _StaticStep] = {}
+        compiled = self.static and on_gpu
+        self._step = torch.compile(self._forward_step, options=compile_options or {}, dynamic=False) if compiled \
             else self._forward_step
 
     def _forward_step(self, input_ids, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
@@ -85,23 +114,24 @@ class Decoder:
         ).last_hidden_state
         return self.lvlm.model.get_output_embeddings()(hidden[:, -1]).float()
 
-    def _graphed_step(self, batch_size: int, length: int) -> _GraphedStep | None:
-        """The captured step (with its emptied static cache) for this shape; None if capturing fails."""
+    def _static_step(self, batch_size: int, length: int) -> _StaticStep | None:
+        """The step (with its emptied static cache) for this shape; None if capturing its CUDA graph fails."""
         from transformers import StaticCache
 
         size = -(-length // _CACHE_GRANULARITY) * _CACHE_GRANULARITY
         key = (batch_size, size)
-        if key not in self._graphs:
+        if key not in self._static_steps:
             cache = StaticCache(config=self.lvlm.model.config, max_cache_len=size)
             try:
-                self._graphs[key] = _GraphedStep(self._step, cache, batch_size, size, self.lvlm.device)
-            except RuntimeError as error:  # an operation that cannot run inside a CUDA graph
-                warnings.warn(f"decoding without a CUDA graph: capturing the step failed ({error})")
-                self.graphed, self._step = False, self._forward_step
+                self._static_steps[key] = _StaticStep(self._step, cache, batch_size, size, self.lvlm.device,
+                                                      eager_step=self._forward_step)
+            except RuntimeError as error:  # an operation that cannot run inside a CUDA graph, or a failed self-check
+                warnings.warn(f"decoding over a dynamic cache: capturing the step failed ({error})")
+                self.static, self._step = False, self._forward_step
                 return None
-        graphed = self._graphs[key]
-        graphed.cache.reset()
-        return graphed
+        step = self._static_steps[key]
+        step.cache.reset()
+        return step
 
     @torch.no_grad()
     def decode(self, batch: Batch, tensor=None, protect=None, max_new_tokens: int = 48, streamer=None,
@@ -116,8 +146,8 @@ class Decoder:
         lvlm = self.lvlm
         device = lvlm.device
         batch_size, prompt_length = batch.input_ids.shape
-        graphed = self._graphed_step(batch_size, prompt_length + max_new_tokens) if self.graphed else None
-        cache = graphed.cache if graphed is not None else DynamicCache(config=lvlm.model.config)
+        static = self._static_step(batch_size, prompt_length + max_new_tokens) if self.static else None
+        cache = static.cache if static is not None else DynamicCache(config=lvlm.model.config)
         if streamer is not None:
             streamer.put(batch.input_ids)
         with lvlm.model_inputs(batch, tensor, protect) as inputs:
@@ -128,9 +158,9 @@ class Decoder:
                 use_cache=True, logits_to_keep=1, **{lvlm._cache_argument: cache},
             ).logits[:, -1].float()
         next_position = prompt_mask.sum(-1, keepdim=True)  # (batch_size, 1)
-        if graphed is not None:
-            graphed.start(prompt_mask, next_position, prompt_length)
-            step = graphed
+        if static is not None:
+            static.start(prompt_mask, next_position, prompt_length)
+            step = static
         else:
             step = self._eager_steps(cache, prompt_mask, next_position, prompt_length, max_new_tokens)
 
@@ -163,7 +193,7 @@ class Decoder:
 
     def _eager_steps(self, cache, prompt_mask: torch.Tensor, next_position: torch.Tensor, prompt_length: int,
                      max_new_tokens: int):
-        """The step without a graph (CPUs): the attention mask grows with the dynamic cache."""
+        """The step over a dynamic cache: the attention mask grows with it."""
         attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], dim=1)
         state = {"done": 0}
 

@@ -1,9 +1,9 @@
 """Streaming answers from one batched generation, and fitting prompts into the model's context.
 
 `TextIteratorStreamer` from transformers handles one row only. The app shows the base model and the protected
-model side by side from a *single* `model.generate` call (one copy of the model, one batch with a protected and
-an unprotected row), so `BatchTextStreamer` receives every row's new token at each step and hands out the text
-of all rows as it grows:
+model side by side from a *single* batched generation, `LVLM.generate` (one copy of the model, one batch with a
+protected and an unprotected row), so `BatchTextStreamer` receives every row's new token at each step and hands
+out the text of all rows as it grows:
 
     for base, protected in stream_side_by_side(lvlm, image, "What is this?", tensor):
         print(base, "|", protected)
@@ -27,9 +27,9 @@ _END = object()
 
 
 class BatchTextStreamer(BaseStreamer):
-    """Collects the new tokens of every row of a batched `generate` and queues each row's decoded text.
+    """Collects the new tokens of every row of a batched generation and queues each row's decoded text.
 
-    `generate` calls `put` first with the prompt ids (batch_size, sequence_length), which are skipped, then once
+    The decoding loop (`sectensor.decoding`) and `model.generate` call `put` first with the prompt ids (batch_size, sequence_length), which are skipped, then once
     per step with the new tokens (batch_size,). Tokens after a row's end-of-sequence token are padding and ignored.
     Iterating yields a tuple with the text of every row after each step, until `end` is called.
     """
@@ -91,7 +91,7 @@ def stream_answers(
 ) -> Iterator[tuple[str, ...]]:
     """Answers for a batch (greedy unless `temperature` > 0), as a tuple of every row's text after each step.
 
-    `generate` runs in a worker thread; an error there is raised here. The last tuple yielded is the final answers
+    `LVLM.generate` runs in a worker thread; an error there is raised here. The last tuple yielded is the final answers
     exactly as `LVLM.generate` returns them.
     """
     streamer = BatchTextStreamer(lvlm.tokenizer, len(prompts), lvlm.tokenizer.eos_token_id, timeout=timeout)

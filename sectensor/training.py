@@ -8,7 +8,9 @@ The public reference code compares `type == 'Harmful'` with data that says 'SA s
 the refusal target; here the split decides the target and `tests/test_training.py` checks both directions.
 
 The fast path is the only path: bf16 weights with a float32 δ on GPU, length-bucketed batches encoded once,
-logits only at answer positions (`LVLM.answer_logits`), cached base answers, SDPA attention.
+right-padded without a mask (SDPA's flash kernel), logits only at answer positions, δt's frozen prefix run once
+without autograd (`LVLM.answer_logits`), cached base answers, the next batch collated during the backward pass,
+one read-back of the logged numbers per step (docs/benchmarks.md).
 
 Runs keep a JSON-lines loss log, write one-file safetensors checkpoints atomically, resume exactly (data order
 and augmentation are derived from (seed, step), so a resumed run repeats an unbroken one), and stop with a clear

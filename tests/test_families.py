@@ -13,6 +13,7 @@ from PIL import Image
 import sectensor
 from sectensor import TextualSecurityTensor, VisualSecurityTensor
 from sectensor.adapters import ADAPTERS
+from sectensor.decoding import Decoder
 from sectensor.lvlm import LVLM
 from sectensor.tensors import CONFIG_NAME, model_fingerprint
 from tiny_families import TINY_BUILDERS
@@ -246,6 +247,10 @@ def test_decoding_loop_gives_generates_tokens(lvlm):
     stopped = lvlm.decoder.decode(batch, tensor, protect, max_new_tokens=10, eos_token_id=eos)
     assert stopped == generated(eos)
     assert len(stopped[1]) < 10
+    if lvlm.adapter.supports_static_cache:  # the GPU path's static cache, buffers and position updates, run eagerly
+        static = Decoder(lvlm, static=True)
+        assert static.decode(batch, tensor, protect, max_new_tokens=10, eos_token_id=-1) == unstopped
+        assert static.decode(batch, tensor, protect, max_new_tokens=10, eos_token_id=eos) == stopped
 
 
 def test_text_only_row_batched_with_images_equals_its_own_run(lvlm):
