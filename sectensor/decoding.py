@@ -18,12 +18,14 @@ decoding needs more than the language model (Qwen2-VL's multimodal positions, Ml
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import torch
 
 from .lvlm import LVLM, Batch
 
 _CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths reuse graphs
+_KEPT_STATIC_STEPS = 2  # static caches (and graphs) kept alive: a 7B model's cache for 64 rows of 512 tokens is 17 GB
 
 
 class _StaticStep:
@@ -101,7 +103,8 @@ class Decoder:
         self.lvlm = lvlm
         on_gpu = lvlm.device.type == "cuda"
         self.static = (on_gpu and lvlm.adapter.supports_static_cache) if static is None else static
-        self._static_steps: dict[tuple[int, int], _StaticStep] = {}
+        self._static_steps: OrderedDict[tuple[int, int], _StaticStep] = OrderedDict()  # most recently used last
+        # Compiled for static shapes (a new batch or cache size recompiles, as it captures a new graph anyway).
         compiled = self.static and on_gpu
         self._step = torch.compile(self._forward_step, options=compile_options or {}, dynamic=False) if compiled \
             else self._forward_step
@@ -121,6 +124,8 @@ class Decoder:
         size = -(-length // _CACHE_GRANULARITY) * _CACHE_GRANULARITY
         key = (batch_size, size)
         if key not in self._static_steps:
+            while len(self._static_steps) >= _KEPT_STATIC_STEPS:
+                self._static_steps.popitem(last=False)
             cache = StaticCache(config=self.lvlm.model.config, max_cache_len=size)
             try:
                 self._static_steps[key] = _StaticStep(self._step, cache, batch_size, size, self.lvlm.device,
@@ -129,6 +134,7 @@ class Decoder:
                 warnings.warn(f"decoding over a dynamic cache: capturing the step failed ({error})")
                 self.static, self._step = False, self._forward_step
                 return None
+        self._static_steps.move_to_end(key)
         step = self._static_steps[key]
         step.cache.reset()
         return step
