@@ -9,8 +9,8 @@ model (image inputs and δt's hook apply as usual), then every new token is one 
     step      decoder(token, position, cache)  → logits of the next token
 
 On GPUs the step is compiled once and captured in a CUDA graph per (batch size, cache size) with its own input
-buffers; the graph also advances the positions, so a step costs the CPU one token copy and one replay. The next
-step is queued before the previous token is read back, so the GPU does not wait for Python. Families whose
+buffers; the graph also advances the positions, so a step costs the CPU one token copy and one replay, and the
+next step is queued before the previous token is read back, so the GPU does not wait for Python. Families whose
 decoding needs more than the language model (Qwen2-VL's multimodal positions, Mllama's cross-attention) set
 `FamilyAdapter.decodes_with_language_model = False` and use `generate`.
 """
@@ -94,6 +94,26 @@ class _StaticStep:
         return self.logits
 
 
+class _DynamicStep:
+    """One decoding step over a dynamic cache (CPUs, or where a graph cannot be captured): the attention mask
+    (batch_size, prompt_length + steps so far) grows with the cache."""
+
+    def __init__(self, step, cache, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
+        self.step, self.cache = step, cache
+        self.attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], 1)
+        self.prompt_length = prompt_mask.shape[1]
+        self.next_position = prompt_mask.sum(-1, keepdim=True)  # (batch_size, 1)
+        self.done = 0
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        position = self.prompt_length + self.done  # of the token fed in
+        logits = self.step(tokens[:, None], self.next_position + self.done,
+                           torch.tensor([position], device=tokens.device), self.attention_mask[:, : position + 1],
+                           self.cache)
+        self.done += 1
+        return logits
+
+
 class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
@@ -163,12 +183,14 @@ class Decoder:
                 **inputs, position_ids=positions, cache_position=torch.arange(prompt_length, device=device),
                 use_cache=True, logits_to_keep=1, **{lvlm._cache_argument: cache},
             ).logits[:, -1].float()
-        next_position = prompt_mask.sum(-1, keepdim=True)  # (batch_size, 1)
         if static is not None:
-            static.start(prompt_mask, next_position, prompt_length)
+            static.start(prompt_mask, prompt_mask.sum(-1, keepdim=True), prompt_length)
             step = static
         else:
-            step = self._eager_steps(cache, prompt_mask, next_position, prompt_length, max_new_tokens)
+            step = _DynamicStep(self._step, cache, prompt_mask, max_new_tokens)
+        # On a GPU the next step is queued before this token is read back, so the GPU does not wait for Python
+        # (at the price of one step computed in vain at the end); on a CPU that would only cost time.
+        ahead = device.type == "cuda"
 
         def choose(step_logits: torch.Tensor) -> torch.Tensor:
             if temperature > 0:
@@ -179,8 +201,8 @@ class Decoder:
         rows: list[list[int]] = [[] for _ in range(batch_size)]
         finished = torch.zeros(batch_size, dtype=torch.bool)
         for index in range(max_new_tokens):
-            # Queue the next step before reading this token back.
-            upcoming = choose(step(tokens)) if index + 1 < max_new_tokens else None
+            more = index + 1 < max_new_tokens
+            upcoming = choose(step(tokens)) if ahead and more else None
             host = tokens.cpu()
             if streamer is not None:
                 streamer.put(host)
@@ -190,24 +212,9 @@ class Decoder:
                         finished[row] = True
                     else:
                         rows[row].append(token_id)
-            if bool(finished.all()) or upcoming is None:
+            if bool(finished.all()) or not more:
                 break
-            tokens = upcoming
+            tokens = upcoming if ahead else choose(step(tokens))
         if streamer is not None:
             streamer.end()
         return rows
-
-    def _eager_steps(self, cache, prompt_mask: torch.Tensor, next_position: torch.Tensor, prompt_length: int,
-                     max_new_tokens: int):
-        """The step over a dynamic cache: the attention mask grows with it."""
-        attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], max_new_tokens)], dim=1)
-        state = {"done": 0}
-
-        def step(tokens: torch.Tensor) -> torch.Tensor:
-            done = state["done"]
-            state["done"] += 1
-            length = prompt_length + done + 1
-            return self._step(tokens[:, None], next_position + done,
-                              torch.tensor([length - 1], device=tokens.device), attention_mask[:, :length], cache)
-
-        return step
