@@ -1,13 +1,16 @@
 """Training throughput of δv and δt on a LLaVA-1.5-7B-shaped model, against a reference-style loop.
 
-    python bench/bench_training.py            # on one GPU; prints JSON
-    python bench/bench_training.py --tiny     # a quick check of the script on CPU
+    python bench/bench_training.py                           # on one GPU; prints JSON
+    python bench/bench_training.py --profile                 # also where GPU time goes, per kind of kernel
+    python bench/bench_training.py --gaps-only --trace t.json  # when the GPU waits for the CPU (and a trace)
+    python bench/bench_training.py --tiny                    # a quick check of the script on CPU
 
 Reference style (the public research scripts): batch 1, float32 weights, a deep copy of the inputs every
 step, full-vocabulary logits at every position. Ours: the library's training step (`sectensor.training.row_losses`
-on batches from `LVLM.collate`): bfloat16 weights with a float32 δ, length-bucketed batches encoded once,
-logits only where answer tokens are predicted, SDPA attention. Also checks that our loss trajectory matches a
-straightforward float32 implementation on the same batches.
+on batches from `sectensor.training.collate_on_device`, as train.py runs it): bfloat16 weights with a float32 δ,
+right-padded batches encoded once, logits only where answer tokens are predicted, SDPA attention, δt's prefix
+run once without autograd, compiled blocks. Also checks that our loss trajectory matches a straightforward
+implementation (left padding with a mask, full logits) on the same batches.
 """
 
 from __future__ import annotations
