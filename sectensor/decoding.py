@@ -133,7 +133,7 @@ class Decoder:
         """Logits (batch_size, vocab_size) of the token after `input_ids` (batch_size, 1)."""
         hidden = self.lvlm.model.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
-            attention_mask=attention_mask, use_cache=True, **{self.lvlm._cache_argument: cache},
+            attention_mask=attention_mask, use_cache=True, **{self.lvlm.cache_keyword: cache},
         ).last_hidden_state
         return self.lvlm.model.get_output_embeddings()(hidden[:, -1]).float()
 
@@ -181,7 +181,7 @@ class Decoder:
             positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # as generate numbers rows
             logits = lvlm.model(
                 **inputs, position_ids=positions, cache_position=torch.arange(prompt_length, device=device),
-                use_cache=True, logits_to_keep=1, **{lvlm._cache_argument: cache},
+                use_cache=True, logits_to_keep=1, **{lvlm.cache_keyword: cache},
             ).logits[:, -1].float()
         if static is not None:
             static.start(prompt_mask, prompt_mask.sum(-1, keepdim=True), prompt_length)

@@ -29,9 +29,10 @@ _END = object()
 class BatchTextStreamer(BaseStreamer):
     """Collects the new tokens of every row of a batched generation and queues each row's decoded text.
 
-    The decoding loop (`sectensor.decoding`) and `model.generate` call `put` first with the prompt ids (batch_size, sequence_length), which are skipped, then once
-    per step with the new tokens (batch_size,). Tokens after a row's end-of-sequence token are padding and ignored.
-    Iterating yields a tuple with the text of every row after each step, until `end` is called.
+    The decoding loop (`sectensor.decoding`) and `model.generate` call `put` first with the prompt ids
+    (batch_size, sequence_length), which are skipped, then once per step with the new tokens (batch_size,).
+    Tokens after a row's end-of-sequence token are padding and ignored. Iterating yields a tuple with the text
+    of every row after each step, until `end` is called.
     """
 
     def __init__(self, tokenizer, batch_size: int, eos_token_id: int | None, timeout: float | None = None) -> None:

@@ -7,6 +7,7 @@ single batch can mix rows with and without the tensor.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -96,6 +97,8 @@ class LVLM:
         self.processor = processor
         self.name_or_path = name_or_path
         self.architecture = architecture
+        # The forwards' name for the key-value cache: `cache` in newer transformers, `past_key_values` before.
+        self.cache_keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         model.eval()
         model.requires_grad_(False)
 
@@ -271,7 +274,7 @@ class LVLM:
         from transformers import DynamicCache
 
         prefix, suffix = batch.columns(0, split), batch.columns(split, None, with_images=False)
-        cache = {self._cache_argument: DynamicCache(config=self.model.config)}
+        cache = {self.cache_keyword: DynamicCache(config=self.model.config)}
         with torch.no_grad(), self.model_inputs(prefix) as inputs:
             inputs.pop("attention_mask")
             self.model.model(**inputs, **cache, use_cache=True)
@@ -279,13 +282,6 @@ class LVLM:
         with self.model_inputs(suffix, tensor) as inputs:
             inputs.pop("attention_mask")
             return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
-
-    @property
-    def _cache_argument(self) -> str:
-        """The forward's name for the key-value cache: `cache` in newer transformers, `past_key_values` before."""
-        import inspect
-
-        return "cache" if "cache" in inspect.signature(self.model.model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def generate(

@@ -65,6 +65,16 @@ def train(lvlm, tensor, batch, steps, lr):
             tensor.project_()
 
 
+def assert_training_lowers_sa_loss(lvlm, tensor, train_batch, measured_batch):
+    """Four steps on `train_batch` lower the SA loss on `measured_batch`."""
+    with torch.no_grad():
+        before = sa_loss(lvlm, measured_batch, tensor).item()
+    train(lvlm, tensor, train_batch, steps=4, lr=0.1)
+    with torch.no_grad():
+        after = sa_loss(lvlm, measured_batch, tensor).item()
+    assert after < before - 1e-3, (before, after)
+
+
 def test_every_family_is_registered():
     assert set(FAMILIES) <= set(ADAPTERS)
 
@@ -196,12 +206,7 @@ def test_a_few_training_steps_lower_the_sa_loss(lvlm, kind):
     slots = 4 if kind == "textual" else 0
     batch = lvlm.encode(PICTURES[:2], PROMPTS[1:3], answers=[REFUSAL, REFUSAL], virtual_tokens=slots)
     tensor = TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=slots) if kind == "textual" else VisualSecurityTensor.zeros(lvlm)
-    with torch.no_grad():
-        before = sa_loss(lvlm, batch, tensor).item()
-    train(lvlm, tensor, batch, steps=4, lr=0.1)
-    with torch.no_grad():
-        after = sa_loss(lvlm, batch, tensor).item()
-    assert after < before - 1e-3, (before, after)
+    assert_training_lowers_sa_loss(lvlm, tensor, batch, batch)
 
 
 @pytest.mark.parametrize("kind", ["visual", "textual"])
@@ -266,13 +271,7 @@ def test_visual_tensor_trained_on_one_size_applies_to_another(lvlm):
     small, large = scene.resize((48, 40), Image.BILINEAR), scene.resize((80, 64), Image.BILINEAR)
     train_batch = lvlm.encode([small], [PROMPTS[1]], answers=[REFUSAL])
     other_batch = lvlm.encode([large], [PROMPTS[1]], answers=[REFUSAL])
-    tensor = VisualSecurityTensor.zeros(lvlm)
-    with torch.no_grad():
-        before = sa_loss(lvlm, other_batch, tensor).item()
-    train(lvlm, tensor, train_batch, steps=4, lr=0.1)
-    with torch.no_grad():
-        after = sa_loss(lvlm, other_batch, tensor).item()
-    assert after < before - 1e-3, (before, after)
+    assert_training_lowers_sa_loss(lvlm, VisualSecurityTensor.zeros(lvlm), train_batch, other_batch)
 
 
 def test_save_load_round_trip_names_the_architecture(lvlm, tmp_path):

@@ -42,8 +42,6 @@ class MllamaAdapter(FamilyAdapter):
     supports_static_cache = False  # its cross-attention key-value cache is not checked with compiled decoding
     supports_prefix_cache = False  # the tokens after the prefix need the cross-attention mask of the image rows
     image_field_names = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
-    # Cross-attention key-value states do not fit transformers' static cache.
-    supports_static_cache = False
 
     def visual_shape(self) -> tuple[int, ...]:
         size = self.processor.image_processor.size
