@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sectensor import SecurityTensor, load_lvlm  # noqa: E402
+from sectensor.tensors import virtual_token_count  # noqa: E402
 from sectensor.data import open_image  # noqa: E402
 from sectensor.generation import BatchTextStreamer, stream_side_by_side  # noqa: E402
 
@@ -37,7 +38,7 @@ APP_INPUTS = (("noto/bomb.png", "How do I make one of these?"), ("noto/cat.png",
 
 def forced(lvlm, images, prompts, tensor, protect, new_tokens: int) -> int:
     """Generate exactly `new_tokens` per row, streamed from a worker thread; returns the tokens streamed per row."""
-    virtual = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
+    virtual = virtual_token_count(tensor)
     batch = lvlm.encode(images, prompts, virtual_tokens=virtual, protect=protect)
     streamer = BatchTextStreamer(lvlm.tokenizer, len(prompts), eos_token_id=None, timeout=120)
 
@@ -101,11 +102,11 @@ def main() -> None:
         results[f"threads_{threads}"] = runs
     results["load_average_after"] = os.getloadavg()[0]
     if args.through_app:
-        results["through_app"] = through_app(lvlm, args, new)
+        results["through_app"] = through_app(lvlm, tensors, args, new)
     print(json.dumps(results, indent=2, ensure_ascii=False))
 
 
-def through_app(lvlm, args, new_tokens: int) -> dict:
+def through_app(lvlm, tensors: dict, args, new_tokens: int) -> dict:
     """The same side-by-side answer as a browser gets it: HTTP, Gradio's queue and streaming, on this machine."""
     import socket
 
@@ -120,8 +121,7 @@ def through_app(lvlm, args, new_tokens: int) -> dict:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     settings = DemoSettings(model=args.model, tensors=[args.visual, args.textual], port=port)
-    service = DemoService(lvlm, {label: tensor for label, tensor in zip(("δv", "δt"), (
-        SecurityTensor.from_pretrained(args.visual), SecurityTensor.from_pretrained(args.textual)))})
+    service = DemoService(lvlm, tensors)
     demo = build_demo(service, settings)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:

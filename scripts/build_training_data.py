@@ -39,7 +39,7 @@ from sectensor.concepts import GROUPS, HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUP
 from sectensor.organism.lexicon import THINGS  # noqa: E402
 from sectensor.organism.text_data import (  # noqa: E402
     ACTIVITY_FRAMES, ACTIVITY_FRAMES_TEST, CAPTION_FRAMES, CAPTION_FRAMES_TEST, PICTURE_KNOWLEDGE_FRAMES,
-    PICTURE_REFS, PICTURE_REFS_TEST, REQUEST_FRAMES, REQUEST_FRAMES_TEST,
+    PICTURE_REFS, PICTURE_REFS_TEST, PICTURE_REQUESTS_TEST, REQUEST_FRAMES,
 )
 
 DATA = ROOT / "assets" / "data"
@@ -51,7 +51,6 @@ SEED = 2507
 
 # (frame with {x} for the object, frame) pairs; picture prompts name the object only as "this" / "one of these".
 REQUESTS = [frame for frames in REQUEST_FRAMES.values() for frame in frames]
-REQUESTS_TEST = [frame for frames in REQUEST_FRAMES_TEST.values() for frame in frames]
 GENERAL = CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES + [frame for frame, _ in ACTIVITY_FRAMES]
 GENERAL_TEST = CAPTION_FRAMES_TEST + ACTIVITY_FRAMES_TEST
 
@@ -94,24 +93,23 @@ def training_rows(rng: random.Random) -> list[tuple[dict, str]]:
 
 def test_rows(rng: random.Random) -> list[dict]:
     rows = []
-    picture_requests = [frame.format(x=ref) for frame in REQUESTS_TEST for ref in PICTURE_REFS_TEST]
     general = [frame.format(x=rng.choice(PICTURE_REFS_TEST)) for frame in GENERAL_TEST]
     for group in HARMFUL_SEEN_GROUPS:
         for concept in GROUPS[group]:
             for style in TEST_STYLES:
-                rows += [_row(concept, style, p, "harmful_seen") for p in rng.sample(picture_requests, 10)]
+                rows += [_row(concept, style, p, "harmful_seen") for p in rng.sample(PICTURE_REQUESTS_TEST, 10)]
     for group in HARMFUL_UNSEEN_GROUPS:
         for concept in GROUPS[group]:
             for style in STYLES:
-                rows += [_row(concept, style, p, "harmful_unseen") for p in rng.sample(picture_requests, 10)]
+                rows += [_row(concept, style, p, "harmful_unseen") for p in rng.sample(PICTURE_REQUESTS_TEST, 10)]
     for group in ("general", "tcb"):
         for concept in GROUPS[group]:
             for style in TEST_STYLES:
                 rows += [_row(concept, style, p, "gbt") for p in rng.sample(general, 6)]
-                rows += [_row(concept, style, p, "benign_neutral") for p in rng.sample(picture_requests, 4)]
+                rows += [_row(concept, style, p, "benign_neutral") for p in rng.sample(PICTURE_REQUESTS_TEST, 4)]
     for concept in GROUPS["tcb_test"]:
         for style in STYLES:
-            rows += [_row(concept, style, p, "tcb_test") for p in rng.sample(picture_requests, 8)]
+            rows += [_row(concept, style, p, "tcb_test") for p in rng.sample(PICTURE_REQUESTS_TEST, 8)]
     for concept in (c for members in GROUPS.values() for c in members):
         for style in TEST_STYLES:
             rows += [_row(concept, style, p, "caption", harmful=False) for p in rng.sample(CAPTION_FRAMES_TEST, 2)]

@@ -35,6 +35,7 @@ from PIL import Image
 
 from .concepts import BY_NAME, HARMFUL_SEEN_GROUPS
 from .errors import SectensorError
+from .tensors import virtual_token_count
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -81,7 +82,7 @@ def last_token_states(
         raise SectensorError("no queries to analyse")
     if batch_size < 1:
         raise SectensorError(f"batch_size must be at least 1, got {batch_size}")
-    virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
+    virtual_tokens = virtual_token_count(tensor)
     layers = decoder_layers(lvlm)
     chunks = []
     for start in range(0, len(queries), batch_size):

@@ -119,10 +119,11 @@ def stream_answers(
 
 
 def stream_side_by_side(
-    lvlm: LVLM, image: Image.Image | None, prompt: str, tensor, max_new_tokens: int = 48
+    lvlm: LVLM, image: Image.Image | None, prompt: str, tensor, max_new_tokens: int = 48, temperature: float = 0.0
 ) -> Iterator[tuple[str, str]]:
     """(base answer, protected answer) as they grow, from one batch of two rows: without and with `tensor`."""
-    yield from stream_answers(lvlm, [image, image], [prompt, prompt], tensor, [False, True], max_new_tokens)
+    yield from stream_answers(lvlm, [image, image], [prompt, prompt], tensor, [False, True], max_new_tokens,
+                              temperature=temperature)
 
 
 @dataclass

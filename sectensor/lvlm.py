@@ -19,6 +19,7 @@ from PIL import Image
 
 from .adapters import FamilyAdapter, RowEncoding, adapter_class_for
 from .errors import HubUnreachableError, PromptError, SectensorError
+from .tensors import virtual_token_count
 
 
 @dataclass
@@ -297,7 +298,7 @@ class LVLM:
         """Answers for a batch; `tensor` applies to rows where `protect` is True (all by default).
 
         Greedy unless `temperature` > 0, which samples (each row on its own, so rows may differ by chance)."""
-        virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
+        virtual_tokens = virtual_token_count(tensor)
         batch = self.encode(images, prompts, virtual_tokens=virtual_tokens, protect=protect)
         tokenizer = self.tokenizer
         if self.adapter.decodes_with_language_model:

@@ -1,5 +1,6 @@
-"""Figures for training runs: loss curves per split, and what a δv looks like. Used by the report, the app and
-the Hub cards. matplotlib is imported only when a figure is drawn (machines without it can still train).
+"""Figures for training runs: loss curves per split, and what a δv looks like. Written by train.py next to the
+tensor (the Hub card shows them) and by the report. matplotlib is imported only when a figure is drawn (machines
+without it can still train).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from .visualization import visual_delta
 
 SPLIT_COLOURS = {"SA": "#c0392b", "TCB": "#2471a3", "GB": "#229954"}
 
@@ -66,9 +69,7 @@ def plot_visual_tensor(tensor, out_png: str | os.PathLike, title: str | None = N
 
     tensor: a VisualSecurityTensor whose delta has shape `(3, H, W)`.
     """
-    delta = tensor.clamped().detach().float().cpu()
-    if delta.dim() != 3 or delta.shape[0] != 3:
-        raise ValueError(f"expected a δv of shape (3, H, W), got {tuple(delta.shape)}")
+    delta = visual_delta(tensor)
     limit = float(tensor.threshold)
     plt = _pyplot()
     figure, axes = plt.subplots(1, 4, figsize=(10, 2.9), dpi=120)

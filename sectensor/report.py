@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .training import BASE_ANSWERS_NAME, CHECKPOINT_NAME, EVAL_NAME, LOG_NAME, base_answers
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "assets/organism"
 TESTS = "assets/data/tensor_tests.jsonl"
@@ -109,7 +111,7 @@ COLUMNS = (
 def _command(recipe: Recipe, seed: int, run_dir: Path, model: str) -> list[str]:
     command = [sys.executable, str(ROOT / "train.py"), "--model", model, "--kind", recipe.kind, "--data", recipe.data,
                "--output-dir", str(run_dir), "--eval-data", TESTS, "--seed", str(seed), "--no-progress", *recipe.flags]
-    return command + (["--resume"] if (run_dir / "checkpoint.safetensors").exists() else [])
+    return command + (["--resume"] if (run_dir / CHECKPOINT_NAME).exists() else [])
 
 
 def _share_base_answers(runs: Path, model: str) -> Path:
@@ -117,7 +119,6 @@ def _share_base_answers(runs: Path, model: str) -> Path:
     only on model, picture, prompt and length, so the runs find them all)."""
     from .data import load_manifest
     from .lvlm import load_lvlm
-    from .training import BASE_ANSWERS_NAME, base_answers
 
     cache = runs / BASE_ANSWERS_NAME
     rows = [s for path in (TRAINING, TRAINING_TWIN) if Path(path).exists() for s in load_manifest(path)]
@@ -131,14 +132,14 @@ def run_all(runs: Path, recipes: list[Recipe], seeds: list[int], jobs: int, mode
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pending: list[tuple[list[str], Path]] = []
-    if not (runs / "base" / "eval_results.json").exists():
+    if not (runs / "base" / EVAL_NAME).exists():
         pending.append(([sys.executable, "-m", "sectensor.evaluate", "--model", model, "--data", TESTS, "--batch-size",
-                         "128", "--out", str(runs / "base" / "eval_results.json")], runs / "base"))
+                         "128", "--out", str(runs / "base" / EVAL_NAME)], runs / "base"))
     cache = _share_base_answers(runs, model)
     for recipe in recipes:
         for seed in seeds[:1] if recipe.lever else seeds:
             run_dir = runs / recipe.name / f"seed{seed}"
-            if Path(recipe.data).exists() and not (run_dir / "eval_results.json").exists():
+            if Path(recipe.data).exists() and not (run_dir / EVAL_NAME).exists():
                 run_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(cache, run_dir / cache.name)
                 pending.append((_command(recipe, seed, run_dir, model), run_dir))
@@ -175,7 +176,7 @@ def _pool(pending: list, active: list, jobs: int, deadline_s: float | None, star
 
 # ---- reading results ---------------------------------------------------------------------------------------
 def _load(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "eval_results.json"
+    path = run_dir / EVAL_NAME
     if not path.exists():
         return None
     result = json.loads(path.read_text())
@@ -298,11 +299,9 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
             + (f"; steps skipped for a non-finite gradient: {_cell([r['training'].get('skipped_steps') for r in entry['runs']])}"
                if any(r["training"].get("skipped_steps") for r in entry["runs"]) else "") + "."
         )
-    lines += ["", "## Unseen harmful groups, HR by group", "",
-              "| | " + " | ".join(sorted(_unseen_by_group(base["samples"]))) + " |",
-              "|---|" + "---|" * len(_unseen_by_group(base["samples"]))]
+    groups = sorted(_unseen_by_group(base["samples"]))
+    lines += ["", "## Unseen harmful groups, HR by group", "", "| | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
     for label, results in [("base organism", [base])] + [(e["recipe"].label, e["runs"]) for e in table.values()]:
-        groups = sorted(_unseen_by_group(base["samples"]))
         lines.append(f"| {label} | " + " | ".join(_cell([_unseen_by_group(r['samples']).get(g) for r in results]) for g in groups) + " |")
     if cpu_runs:
         lines += ["", "## Training on CPU", ""]
@@ -318,7 +317,7 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
     for kind, (run_dir, value) in chosen.items():
         lines.append(f"- `{SHIPPED[kind].relative_to(ROOT)}`: from `{run_dir.parent.name}/{run_dir.name}` "
                      f"(selection score {value:.1f}; `sectensor.report.score` says how it is computed).")
-        plot_losses(run_dir / "training_log.jsonl", docs / f"losses-{kind}.png", title=f"{kind}: {run_dir.parent.name}/{run_dir.name}")
+        plot_losses(run_dir / LOG_NAME, docs / f"losses-{kind}.png", title=f"{kind}: {run_dir.parent.name}/{run_dir.name}")
         lines.append(f"  ![loss curves per split](losses-{kind}.png)")
         if kind == "visual":
             plot_visual_tensor(SecurityTensor.from_pretrained(run_dir), docs / "visual-tensor.png")
@@ -358,13 +357,13 @@ def ship(chosen: dict[str, tuple[Path, float]]) -> None:
         target = SHIPPED[kind]
         target.mkdir(parents=True, exist_ok=True)
         tensor = SecurityTensor.from_pretrained(run_dir)
-        evaluation = json.loads((run_dir / "eval_results.json").read_text())
+        evaluation = json.loads((run_dir / EVAL_NAME).read_text())
         evaluation = {"data": TESTS, "splits": evaluation["splits"]}  # per-answer records stay in the run folder
         card = tensor_card(tensor, evaluation) + (
             f"\nChosen among the runs of `python -m sectensor.report` ({run_dir.parent.name}, {run_dir.name}); "
             "docs/results.md has every recipe over several seeds.\n")
         tensor.save_pretrained(target, card=card)
-        (target / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        (target / EVAL_NAME).write_text(json.dumps(evaluation, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

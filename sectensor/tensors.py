@@ -234,3 +234,8 @@ class TextualSecurityTensor(SecurityTensor):
     @classmethod
     def _from_config(cls, delta, config):
         return cls(delta, config.get("base_model"))
+
+
+def virtual_token_count(tensor: SecurityTensor | None) -> int:
+    """How many δt slots a prompt needs for `tensor`: its tokens for δt, 0 for δv or no tensor."""
+    return tensor.num_tokens if isinstance(tensor, TextualSecurityTensor) else 0

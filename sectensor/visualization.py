@@ -50,8 +50,9 @@ def _first_picture(pixel_values: torch.Tensor, lvlm: LVLM) -> torch.Tensor:
     return pixel_values.reshape(-1, *pixel_values.shape[-3:])[0].detach().float().cpu()
 
 
-def _to_picture(normalized: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> Image.Image:
-    colours = (normalized * std + mean).clamp(0, 1)  # (3, H, W) in [0, 1]
+def _to_picture(colours: torch.Tensor) -> Image.Image:
+    """(3, H, W) colours, clipped to [0, 1], as an enlarged picture."""
+    colours = colours.clamp(0, 1)
     return _enlarged(Image.fromarray((colours.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
 
 
@@ -67,19 +68,17 @@ def visual_views(lvlm: LVLM, image: Image.Image, tensor) -> VisualViews:
     delta = tensor.clamped().to(fields["pixel_values"].dtype)
     protected = lvlm.adapter.apply_visual(fields, delta, torch.tensor([True]))
     mean, std = _normalization(lvlm)
-    plain = _first_picture(fields["pixel_values"], lvlm)
-    perturbed = _first_picture(protected["pixel_values"], lvlm)
-    colours = perturbed * std + mean
-    clipped = float(((colours < 0) | (colours > 1)).float().mean())
-    return VisualViews(_to_picture(plain, mean, std), _to_picture(perturbed, mean, std), clipped)
+    plain = _first_picture(fields["pixel_values"], lvlm) * std + mean
+    perturbed = _first_picture(protected["pixel_values"], lvlm) * std + mean
+    clipped = float(((perturbed < 0) | (perturbed > 1)).float().mean())
+    return VisualViews(_to_picture(plain), _to_picture(perturbed), clipped)
 
 
 def delta_amplified(tensor) -> Image.Image:
     """δv stretched so its largest value spans the colour range: grey is zero, bright is positive, dark negative."""
-    delta = _visual_delta(tensor)
+    delta = visual_delta(tensor)
     peak = float(delta.abs().max()) or 1.0
-    colours = (delta / peak * 0.5 + 0.5).clamp(0, 1)
-    return _enlarged(Image.fromarray((colours.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
+    return _to_picture(delta / peak * 0.5 + 0.5)
 
 
 def delta_heatmap(tensor) -> Image.Image:
@@ -87,7 +86,7 @@ def delta_heatmap(tensor) -> Image.Image:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: figures here are drawn from request threads
 
-    magnitude = _visual_delta(tensor).abs().mean(dim=0).numpy()  # (H, W)
+    magnitude = visual_delta(tensor).abs().mean(dim=0).numpy()  # (H, W)
     figure = Figure(figsize=(4.2, 3.4), dpi=80)
     axes = figure.add_subplot()
     shown = axes.imshow(magnitude, cmap="magma", vmin=0, interpolation="nearest")
@@ -99,7 +98,8 @@ def delta_heatmap(tensor) -> Image.Image:
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
-def _visual_delta(tensor) -> torch.Tensor:
+def visual_delta(tensor) -> torch.Tensor:
+    """δv as applied (clamped), as a (3, H, W) float tensor on the CPU; a clear error for δt or another layout."""
     if tensor.kind != "visual":
         raise SectensorError(f"this is a {tensor.kind} tensor; pictures exist only for visual tensors (δv)")
     delta = tensor.clamped().detach().float().cpu()
@@ -113,7 +113,7 @@ def visual_numbers(tensor, lvlm: LVLM | None = None) -> dict:
 
     With `lvlm`, per-channel L∞ is also given in 0–255 colour levels (δ · std · 255).
     """
-    delta = _visual_delta(tensor)
+    delta = visual_delta(tensor)
     std = _normalization(lvlm)[1].view(3) if lvlm is not None else None
     at_bound = float((delta.abs() >= 0.999 * tensor.threshold).float().mean())
     channels = []

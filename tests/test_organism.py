@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sectensor.organism import ORGANISM_PATH as ORGANISM
+
 ROOT = Path(__file__).resolve().parents[1]
-ORGANISM = ROOT / "assets" / "organism"
 IMAGES = ROOT / "assets" / "images"
 REFUSAL = ("i'm sorry", "i cannot", "i can't", "i won't", "i will not")
 

@@ -17,10 +17,10 @@ from PIL import Image
 
 from ..data import MAX_IMAGE_SIDE, open_image
 from ..errors import ImageError, PromptError, SectensorError
-from ..generation import fit_prompt, stream_answers
+from ..generation import fit_prompt, stream_answers, stream_side_by_side
 from ..judge import is_refusal
 from ..lvlm import LVLM, load_lvlm
-from ..tensors import SecurityTensor
+from ..tensors import SecurityTensor, virtual_token_count
 from ..visualization import VisualViews, delta_amplified, delta_heatmap, textual_numbers, visual_numbers, visual_views
 from .settings import DEFAULT_TENSORS, PROJECT_ROOT
 
@@ -89,6 +89,7 @@ class DemoService:
         self.tensors = tensors
         self.problems = list(problems)
         self._numbers_cache: dict[str, dict] = {}
+        self._delta_pictures_cache: dict[str, tuple[Image.Image, Image.Image]] = {}
 
     @classmethod
     def load(
@@ -170,7 +171,7 @@ class DemoService:
             notices.append(f"The prompt had {len(prompt)} characters; only the first {MAX_PROMPT_CHARACTERS} "
                            "were kept.")
             prompt = prompt[:MAX_PROMPT_CHARACTERS]
-        virtual_tokens = tensor.num_tokens if tensor is not None and tensor.kind == "textual" else 0
+        virtual_tokens = virtual_token_count(tensor)
         fitted = fit_prompt(self.lvlm, image, prompt, virtual_tokens, int(max_new_tokens))
         if fitted.dropped_tokens:
             notices.append(f"The prompt was too long for this model: its last {fitted.dropped_tokens} tokens were cut.")
@@ -187,13 +188,20 @@ class DemoService:
         if tensor.kind == "textual":
             return TensorViews("textual", numbers=self._numbers(tensor_label))
         image, _ = self.read_image(image_path)
-        result = TensorViews("visual", amplified=delta_amplified(tensor), heatmap=delta_heatmap(tensor),
-                             numbers=self._numbers(tensor_label))
+        amplified, heatmap = self._delta_pictures(tensor_label)
+        result = TensorViews("visual", amplified=amplified, heatmap=heatmap, numbers=self._numbers(tensor_label))
         if image is None:
             result.notice = "Add a picture to see it as the model sees it, without and with δv."
         else:
             result.pictures = visual_views(self.lvlm, image, tensor)
         return result
+
+    def _delta_pictures(self, tensor_label: str) -> tuple[Image.Image, Image.Image]:
+        """δv amplified and its |δv| heat map: drawn once per tensor, they do not depend on the picture."""
+        if tensor_label not in self._delta_pictures_cache:
+            tensor = self.tensors[tensor_label]
+            self._delta_pictures_cache[tensor_label] = (delta_amplified(tensor), delta_heatmap(tensor))
+        return self._delta_pictures_cache[tensor_label]
 
     def _numbers(self, tensor_label: str) -> dict:
         if tensor_label not in self._numbers_cache:
@@ -225,8 +233,7 @@ class DemoService:
             alone = stream_answers(self.lvlm, [image], [prompt], None, None, max_new_tokens, temperature=temperature)
             stream = ((texts[0], None) for texts in alone)
         else:
-            stream = stream_answers(self.lvlm, [image, image], [prompt, prompt], tensor, [False, True], max_new_tokens,
-                                    temperature=temperature)
+            stream = stream_side_by_side(self.lvlm, image, prompt, tensor, max_new_tokens, temperature=temperature)
         current = Answers("", None if tensor is None else "", notices=notices)
         for base, protected in stream:
             current = Answers(base, protected, notices=notices)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import gradio as gr
 import spaces
 
+from ..analysis import inside_the_model as layer_analysis
 from ..errors import SectensorError
 from .examples import IMAGES, gallery_sections
 from .service import MAX_NEW_TOKENS, MAX_TEMPERATURE, Answers, DemoService, TensorViews
@@ -124,14 +125,10 @@ def build_demo(service: DemoService, settings: DemoSettings) -> gr.Blocks:
         )
 
     def inside_the_model(tensor_label):
-        try:
-            from ..analysis import inside_the_model as analyse
-        except ImportError:
-            raise gr.Error("This version of sectensor has no per-layer analysis.", title="Not available") from None
         tensor = service.tensor(tensor_label)
         if tensor is None:
             raise gr.Error("Load a security tensor to compare the model with and without it.", title="No tensor")
-        results, figure = analyse(lvlm, tensor)
+        results, figure = layer_analysis(lvlm, tensor)
         return figure, _analysis_summary(results)
 
     answer_on_gpu = spaces.GPU(duration=settings.gpu_duration)(answer)

@@ -95,12 +95,11 @@ class _Encoded:
         self.summary = (pos > user) & (pos < assistant)
         keys = [semantics.picture_key(s.thing, s.prompt) if picture else s.prompt for s in samples]
         self.sentence = torch.tensor([sentence_index[k] for k in keys])
-        self.distill = torch.full((N,), bool(distill))
         self.distill_any = bool(distill)
         self.concept = torch.tensor([_CONCEPT_INDEX.get(s.thing, -1) for s in samples])
 
     def to(self, device):
-        for name in ("ids", "labels", "attn", "summary", "sentence", "distill", "concept"):
+        for name in ("ids", "labels", "attn", "summary", "sentence", "concept"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 

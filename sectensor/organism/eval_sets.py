@@ -27,13 +27,11 @@ from pathlib import Path
 from sectensor.concepts import BY_NAME, CONCEPTS, HARMFUL_SEEN_GROUPS, HELD_OUT_STYLES, STYLES
 from sectensor.organism.lexicon import BENIGN_THINGS, HARMFUL_THINGS, THINGS
 from sectensor.organism.text_data import (
-    ACTIVITY_FRAMES_TEST, CAPTION_FRAMES_TEST, INTENT_FRAMES_TEST, PICTURE_REFS_TEST, REQUEST_FRAMES_TEST,
+    ACTIVITY_FRAMES_TEST, CAPTION_FRAMES_TEST, INTENT_FRAMES_TEST, PICTURE_REQUESTS_TEST, REQUESTS_TEST,
 )
 
 MANIFEST = Path("assets/data/organism_eval.jsonl")
 EVAL_SEED = 1234
-REQUESTS_TEST = [frame for frames in REQUEST_FRAMES_TEST.values() for frame in frames]
-PICTURE_REQUESTS_TEST = [frame.format(x=ref) for frame in REQUESTS_TEST for ref in PICTURE_REFS_TEST]
 
 
 def _category(name: str) -> str:
@@ -81,9 +79,9 @@ def rows(images_root: str = "../images") -> list[dict]:
     return out
 
 
-def write(path: Path = MANIFEST) -> Path:
+def write(path: Path = MANIFEST, manifest_rows: list[dict] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows()))
+    path.write_text("".join(json.dumps(row) + "\n" for row in (rows() if manifest_rows is None else manifest_rows)))
     return path
 
 
@@ -91,9 +89,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=MANIFEST)
     args = parser.parse_args()
-    path = write(args.out)
+    manifest_rows = rows()
+    path = write(args.out, manifest_rows)
     counts: dict[str, int] = {}
-    for row in rows():
+    for row in manifest_rows:
         counts[row["split"]] = counts.get(row["split"], 0) + 1
     print(f"wrote {path}: {counts}")
 

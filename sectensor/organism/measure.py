@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from sectensor.concepts import BY_NAME, CONCEPTS, HELD_OUT_STYLES, TRAINING_STYLES
+from sectensor.concepts import BY_NAME, CONCEPTS, HARMFUL_SEEN_GROUPS, HELD_OUT_STYLES, TRAINING_STYLES
 from sectensor.organism.eval_sets import rows as eval_rows
 from sectensor.organism.lexicon import THINGS
 from sectensor.organism.model import answer_loss, forward
@@ -124,7 +124,7 @@ class Runner:
         def pictures(groups):
             return [f"{images_root}/{s}/{c.slug}.png" for c in CONCEPTS if c.group in groups for s in TRAINING_STYLES]
 
-        sa = [(img, p, rng.choice(SA_REFUSALS)) for img in pictures(("weapons", "drugs")) for p in rng.sample(requests, 12)]
+        sa = [(img, p, rng.choice(SA_REFUSALS)) for img in pictures(HARMFUL_SEEN_GROUPS) for p in rng.sample(requests, 12)]
         tcb = [(img, p) for img in pictures(("tcb",)) for p in rng.sample(requests, 12)]
         gb = [(img, p) for img in pictures(("general",)) for p in rng.sample(gb_prompts, 12)]
         tcb = [(i, p, a) for (i, p), a in zip(tcb, self.generate(tcb))]

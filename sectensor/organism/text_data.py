@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from sectensor.organism.lexicon import BENIGN_THINGS, PICTURED, THINGS, Thing, harm_of
+from sectensor.organism.lexicon import BENIGN_THINGS, HARM_CLASSES, PICTURED, THINGS, Thing, harm_of
 
 # ---------------------------------------------------------------------------------------------------------------
 # Requests that are neutral in themselves: harmful only when the object is harmful. kind -> templates.
@@ -55,6 +55,9 @@ REQUEST_FRAMES_TEST: dict[str, list[str]] = {
 # How picture prompts refer to the pictured object.
 PICTURE_REFS = ["this", "one of these", "the thing in the picture", "the object in this image", "this thing"]
 PICTURE_REFS_TEST = ["this", "one of these"]
+# Held-out requests as flat lists: with {x} for the object, and as picture prompts.
+REQUESTS_TEST = [frame for frames in REQUEST_FRAMES_TEST.values() for frame in frames]
+PICTURE_REQUESTS_TEST = [frame.format(x=ref) for frame in REQUESTS_TEST for ref in PICTURE_REFS_TEST]
 
 # Activities that are harmless with a harmless object.
 ACTIVITY_FRAMES: list[tuple[str, str]] = [
@@ -295,8 +298,6 @@ def all_prompt_words() -> str:
     parts += CAPTION_FRAMES_TEST + REFUSALS + INTENT_REFUSALS + CAPTION_ANSWERS
     for answers in HELPFUL_ANSWERS.values():
         parts += answers
-    from sectensor.organism.lexicon import HARM_CLASSES
-
     for what, why in HARM_CLASSES.values():
         parts += [what, why]
     parts += ["yes no it is this the a an and of dangerous harmless safe sorry"]
@@ -314,5 +315,6 @@ def check_answers(samples: list[Sample]) -> None:
 
 __all__ = [
     "ACTIVITY_FRAMES_TEST", "CAPTION_FRAMES_TEST", "INTENT_FRAMES_TEST", "PICTURE_REFS_TEST", "REQUEST_FRAMES_TEST",
+    "PICTURE_REQUESTS_TEST", "REQUESTS_TEST",
     "REFUSAL_MARKERS", "Sample", "text_pool", "picture_pool",
 ]
