@@ -22,6 +22,11 @@ Every picture row carries `answer_contains` (the concept's name).
 answer to the request's *text twin* (the object named instead of pictured: "how do i make a pistol?"), so the
 tensor is trained toward the refusal the language model already gives in text. Twins the model does not refuse
 keep the generic refusal.
+
+It also writes `tensor_training_described.jsonl`: the text-twin rows plus more GB rows that ask to describe or
+judge the SA pictures (and more general questions about the `general` pictures), about 1 : 1 : 1. A tensor that
+learns "a harmful picture → refuse" regardless of the request then pays for refusing "what is this?" about a
+pistol, which the base model answers and the tests' captions ask.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from sectensor.organism.text_data import (  # noqa: E402
 
 DATA = ROOT / "assets" / "data"
 TRAINING, TESTS, TWIN = DATA / "tensor_training.jsonl", DATA / "tensor_tests.jsonl", DATA / "tensor_training_twin.jsonl"
+DESCRIBED = DATA / "tensor_training_described.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -88,6 +94,21 @@ def training_rows(rng: random.Random) -> list[tuple[dict, str]]:
             for style in TRAIN_STYLES:
                 for frame in rng.sample(CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, 2):
                     rows.append((_row(concept, style, frame, "GB", harmful=False), frame))
+    return rows
+
+
+def described_rows(rng: random.Random) -> list[dict]:
+    """Extra GB rows: 6 more descriptive or danger questions per SA picture, 4 more general questions per
+    `general` picture (training wording and styles only)."""
+    rows = []
+    for group, frames, count in ((group, CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, 6) for group in HARMFUL_SEEN_GROUPS):
+        for concept in GROUPS[group]:
+            for style in TRAIN_STYLES:
+                rows += [_row(concept, style, frame, "GB", harmful=False) for frame in rng.sample(frames, count)]
+    for concept in GROUPS["general"]:
+        for style in TRAIN_STYLES:
+            rows += [_row(concept, style, _picture_prompt(frame, PICTURE_REFS, rng)[0], "GB")
+                     for frame in rng.sample(GENERAL, 4)]
     return rows
 
 
@@ -157,6 +178,7 @@ def main() -> None:
     if args.twin_targets:
         rows, used = twin_targets(args.twin_targets, training)
         write(TWIN, rows)
+        write(DESCRIBED, rows + described_rows(random.Random(SEED + 2)))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

@@ -32,6 +32,7 @@ MODEL = "assets/organism"
 TESTS = "assets/data/tensor_tests.jsonl"
 TRAINING = "assets/data/tensor_training.jsonl"
 TRAINING_TWIN = "assets/data/tensor_training_twin.jsonl"
+TRAINING_DESCRIBED = "assets/data/tensor_training_described.jsonl"
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
 
@@ -48,6 +49,20 @@ class Recipe:
     @property
     def ablation(self) -> bool:
         return "--splits" in self.flags
+
+
+def _override(flags: tuple[str, ...], changes: tuple[str, ...]) -> tuple[str, ...]:
+    """`flags` with every option named in `changes` replaced by its value there (so commands name each once)."""
+    def options(items):  # option -> its values
+        grouped: dict[str, list[str]] = {}
+        for item in items:
+            if item.startswith("--"):
+                current = grouped.setdefault(item, [])
+            else:
+                current.append(item)
+        return grouped
+    merged = {**options(flags), **options(changes)}
+    return tuple(item for option, values in merged.items() for item in (option, *values))
 
 
 def _recipes() -> list[Recipe]:
@@ -85,13 +100,53 @@ def _recipes() -> list[Recipe]:
                (*PAPER_BUDGET, "--benign-loss", "kl"), True),
         Recipe("visual-paper-twin", "visual", "δv, paper + text-twin refusals", TRAINING_TWIN, PAPER_BUDGET, True),
     ]
+    textual_levers = {
+        "kl": ("KL on benign rows", ("--benign-loss", "kl")),
+        "benign-x3": ("benign rows weighted 3", ("--split-weights", "SA=1", "TCB=3", "GB=3")),
+        "16-tokens": ("16 virtual tokens", ("--virtual-tokens", "16")),
+        "augment": ("augmentation", ("--augment",)),
+        "fp32": ("float32 weights", ("--dtype", "float32")),
+        "lr2e-4": ("lr 2e-4", ("--lr", "2e-4")),
+        "5-epochs": ("5 epochs", ("--epochs", "5")),
+        "regularised": ("KL, benign ×3, augmentation, 16 virtual tokens",
+                        ("--benign-loss", "kl", "--split-weights", "SA=1", "TCB=3", "GB=3", "--augment",
+                         "--virtual-tokens", "16")),
+    }
+    variants += [Recipe(f"textual-paper-{name}", "textual", f"δt, paper + {label}", TRAINING, _override(PAPER_BUDGET, flags), True)
+                 for name, (label, flags) in textual_levers.items()]
+    variants.append(Recipe("textual-paper-twin", "textual", "δt, paper + text-twin refusals", TRAINING_TWIN, PAPER_BUDGET, True))
+    visual_improved = (*PAPER_BUDGET, "--lr", "2e-2", "--augment", "--benign-loss", "kl")
+    visual_levers = {
+        "40-epochs": ("40 epochs", ("--epochs", "40")),
+        "sa-x3": ("SA rows weighted 3", ("--split-weights", "SA=3", "TCB=1", "GB=1")),
+        "threshold-2": ("clamp ±2", ("--threshold", "2")),
+        "fp32": ("float32 weights", ("--dtype", "float32")),
+        "batch-8": ("batch 8 (2,480 steps)", ("--batch-size", "8")),
+    }
+    variants += [Recipe(f"visual-improved-{name}", "visual", f"δv, improved with {label}", TRAINING_TWIN,
+                        _override(visual_improved, flags), True) for name, (label, flags) in visual_levers.items()]
     for name, splits in (("visual-improved-quarter", ()), ("visual-improved-quarter-no-tcb", ("--splits", "SA", "GB"))):
         variants.append(Recipe(name, "visual", "δv, quarter: " + ("no TCB, " if splits else "") + "lr 5e-3, 300 steps at batch 16",
                                TRAINING_TWIN, ("--max-steps", "300", "--batch-size", "16", "--lr", "5e-3", "--augment",
                                                "--benign-loss", "kl", *splits), True))
+    described = [
+        Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
+        Recipe("textual-described-fp32", "textual", "δt, paper recipe on the described data, float32 weights",
+               TRAINING_DESCRIBED, (*PAPER_BUDGET, "--dtype", "float32")),
+        Recipe("visual-described", "visual", "δv, improved recipe on the described data", TRAINING_DESCRIBED,
+               visual_improved),
+    ]
+    variants += [
+        Recipe("textual-described-augment", "textual", "δt, described data + augmentation", TRAINING_DESCRIBED,
+               (*PAPER_BUDGET, "--augment"), True),
+        Recipe("textual-described-10-epochs", "textual", "δt, described data, 10 epochs", TRAINING_DESCRIBED,
+               _override(PAPER_BUDGET, ("--epochs", "10")), True),
+        Recipe("visual-described-sa-x3", "visual", "δv, described data, SA rows weighted 3", TRAINING_DESCRIBED,
+               (*visual_improved, "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
+    ]
     ablations = [Recipe(f"{r.name}-no-tcb", r.kind, f"{r.label}, no TCB", r.data, (*r.flags, "--splits", "SA", "GB"))
                  for r in main]
-    return main + ablations + variants
+    return main + ablations + described + variants
 
 
 RECIPES = _recipes()
@@ -121,7 +176,7 @@ def _share_base_answers(runs: Path, model: str) -> Path:
     from .lvlm import load_lvlm
 
     cache = runs / BASE_ANSWERS_NAME
-    rows = [s for path in (TRAINING, TRAINING_TWIN) if Path(path).exists() for s in load_manifest(path)]
+    rows = [s for path in (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED) if Path(path).exists() for s in load_manifest(path)]
     base_answers(load_lvlm(model), [s for s in rows if s.split != "SA"], cache, batch_size=128)
     return cache
 
