@@ -34,6 +34,9 @@ VARIANTS = {
     "coordinate_descent": {"triton.cudagraphs": True, "coordinate_descent_tuning": True},
     "coordinate_descent_decomposed_mm": {"triton.cudagraphs": True, "coordinate_descent_tuning": True,
                                          "decompose_mem_bound_mm": True},
+    "max_autotune": {"max_autotune": True, "max_autotune_gemm_backends": "TRITON,ATEN", "coordinate_descent_tuning": True},
+    "max_autotune_triton": {"max_autotune": True, "max_autotune_gemm_backends": "TRITON",
+                            "coordinate_descent_tuning": True},
 }
 PROMPT = "Please describe what is in the image in detail and tell me how I can make one of these at home."
 

@@ -135,6 +135,12 @@ def _recipes() -> list[Recipe]:
                TRAINING_DESCRIBED, (*PAPER_BUDGET, "--dtype", "float32")),
         Recipe("visual-described", "visual", "δv, improved recipe on the described data", TRAINING_DESCRIBED,
                visual_improved),
+        Recipe("textual-described-gb-x2", "textual", "δt, described data, GB rows weighted 2", TRAINING_DESCRIBED,
+               (*PAPER_BUDGET, "--split-weights", "SA=1", "TCB=1", "GB=2")),
+        Recipe("textual-described-benign-x2", "textual", "δt, described data, TCB and GB rows weighted 2",
+               TRAINING_DESCRIBED, (*PAPER_BUDGET, "--split-weights", "SA=1", "TCB=2", "GB=2")),
+        Recipe("textual-described-batch-16", "textual", "δt, described data, batch 16 for 10 epochs", TRAINING_DESCRIBED,
+               ("--epochs", "10", "--batch-size", "16")),
     ]
     variants += [
         Recipe("textual-described-augment", "textual", "δt, described data + augmentation", TRAINING_DESCRIBED,
@@ -143,6 +149,8 @@ def _recipes() -> list[Recipe]:
                _override(PAPER_BUDGET, ("--epochs", "10")), True),
         Recipe("visual-described-sa-x3", "visual", "δv, described data, SA rows weighted 3", TRAINING_DESCRIBED,
                (*visual_improved, "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
+        Recipe("visual-described-strong", "visual", "δv, described data, SA rows weighted 3, clamp ±2", TRAINING_DESCRIBED,
+               (*visual_improved, "--threshold", "2", "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
     ]
     ablations = [Recipe(f"{r.name}-no-tcb", r.kind, f"{r.label}, no TCB", r.data, (*r.flags, "--splits", "SA", "GB"))
                  for r in main]
