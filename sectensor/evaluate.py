@@ -15,6 +15,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,26 @@ from tqdm.auto import tqdm
 
 from .concepts import CONCEPTS
 from .data import Sample, load_manifest, sample_image
+from .errors import SectensorError
 from .judge import DEFAULT_JUDGE, Judge
 from .lvlm import LVLM
 
 OUTCOMES = ("refused", "correct", "wrong_object", "other")
+
+
+def text_twins(samples: Sequence[Sample]) -> list[Sample]:
+    """Each picture row with its picture replaced by the object's name written before the prompt ("pistol. what is
+    this?", the form the organism's text stage learnt), other rows unchanged.
+
+    Evaluated with the base model, this measures what the language model itself does when it reads the object
+    instead of seeing it: the behaviour a security tensor transfers to pictures, so the reference for its numbers.
+    """
+    twins = []
+    for sample in samples:
+        if sample.image is not None and not sample.concept:
+            raise SectensorError(f"{sample.source}: a picture row needs `concept` to be written as a text twin")
+        twins.append(replace(sample, image=None, prompt=f"{sample.concept}. {sample.prompt}") if sample.image else sample)
+    return twins
 
 
 def answer_outcome(sample: Sample, answer: str, refused: bool) -> str:
@@ -122,17 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--out", required=True, help="where to write the results JSON")
+    parser.add_argument("--text-twins", action="store_true",
+                        help="name each pictured object in the prompt instead of showing it (see `text_twins`)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import SectensorError
     from .lvlm import load_lvlm
     from .tensors import SecurityTensor
 
     try:
         samples = load_manifest(args.data, args.splits)
+        if args.text_twins:
+            samples = text_twins(samples)
         lvlm = load_lvlm(args.model, device=args.device)
         tensor = None if args.tensor.lower() == "none" else SecurityTensor.from_pretrained(args.tensor)
         if tensor is not None:
@@ -141,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SectensorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output = {"model": args.model, "tensor": None if tensor is None else args.tensor, "data": str(args.data), **result}
+    output = {"model": args.model, "tensor": None if tensor is None else args.tensor, "data": str(args.data),
+              "text_twins": args.text_twins, "device": str(lvlm.device), "dtype": str(lvlm.model.dtype).removeprefix("torch."),
+              **result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(output, indent=2) + "\n")
     print(format_table(result["splits"]))

@@ -75,7 +75,9 @@ def _recipes() -> list[Recipe]:
     for δt): batched, the paper's δv rate moved δv too little in 620 steps (mean |δv| 0.2 against a clamp of 1;
     the paper ran hundreds of thousands of batch-1 steps). For δt the raised rate measured worse than the
     paper's. The variants change one thing at a time; "quarter" is a first attempt with 300 steps at batch 16
-    and lr 5e-3.
+    and lr 5e-3. The described-data recipes train on `tensor_training_described.jsonl` (text-twin refusals plus
+    more descriptive and danger questions about the SA pictures; see scripts/build_training_data.py): for δt
+    they cut TCB-test false refusals about threefold against the paper recipe.
     """
     main, variants = [], []
     for kind, symbol, lr in (("visual", "δv", "2e-2"), ("textual", "δt", "4e-3")):
@@ -198,6 +200,9 @@ def run_all(runs: Path, recipes: list[Recipe], seeds: list[int], jobs: int, mode
     if not (runs / "base" / EVAL_NAME).exists():
         pending.append(([sys.executable, "-m", "sectensor.evaluate", "--model", model, "--data", TESTS, "--batch-size",
                          "128", "--out", str(runs / "base" / EVAL_NAME)], runs / "base"))
+    if not (runs / "text-twins" / EVAL_NAME).exists():
+        pending.append(([sys.executable, "-m", "sectensor.evaluate", "--model", model, "--data", TESTS, "--text-twins",
+                         "--batch-size", "128", "--out", str(runs / "text-twins" / EVAL_NAME)], runs / "text-twins"))
     cache = _share_base_answers(runs, model)
     for recipe in recipes:
         for seed in seeds[:1] if recipe.lever else seeds:
@@ -245,7 +250,8 @@ def _load(run_dir: Path) -> dict[str, Any] | None:
     result = json.loads(path.read_text())
     config_path = run_dir / "config.json"
     info = json.loads(config_path.read_text()).get("training", {}) if config_path.exists() else {}
-    return {"splits": result["splits"], "samples": result.get("samples", []), "training": info, "dir": run_dir}
+    return {"splits": result["splits"], "samples": result.get("samples", []), "training": info, "dir": run_dir,
+            **{key: result[key] for key in ("device", "dtype") if key in result}}
 
 
 def _value(splits: dict[str, Any], split: str, metric: str) -> float | None:
@@ -306,7 +312,7 @@ def collect(runs: Path, recipes: list[Recipe], seeds: list[int]) -> dict[str, An
         results = [r for seed in seeds if (r := _load(runs / recipe.name / f"seed{seed}"))]
         if results:
             table[recipe.name] = {"recipe": recipe, "runs": results}
-    return {"base": base, "table": table}
+    return {"base": base, "text_twins": _load(runs / "text-twins"), "table": table}
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -340,8 +346,22 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
         "|" + "---|" * (len(COLUMNS) + 3),
         _row("base organism (no tensor)", [base]),
     ]
+    if collected["text_twins"]:
+        lines.append(_row("base organism, object named in text (text twins)", [collected["text_twins"]]))
     for name, entry in table.items():
         lines.append(_row(entry["recipe"].label, entry["runs"]))
+    if collected["text_twins"]:
+        twins = collected["text_twins"]["splits"]
+        lines += ["", "The text-twin row is the base organism with each picture replaced by its object's name before the",
+                  "prompt (`python -m sectensor.evaluate --text-twins`): what its language model does when it reads the",
+                  "object instead of seeing it, i.e. the behaviour a security tensor carries over to pictures. Where it",
+                  "refuses, a tensor that refuses too is transferring text safety, not damaging the model: with the object",
+                  f"named, the organism refuses {_cell([_value(twins, 'caption', 'refusal_rate')])} % of the test captions",
+                  f"(held-out wording such as \"what do you notice in this image?\"), {_cell([_value(twins, 'gbt', 'false_refusal_rate')])} % of GBT and",
+                  f"{_cell([_value(twins, 'tcb_test', 'false_refusal_rate')])} % of TCB-test, so a caption score within 1 point of",
+                  "the picture-only base is out of reach of a tensor that transfers the text behaviour faithfully."
+                  + (f" (Text twins evaluated on {collected['text_twins']['device']} in {collected['text_twins']['dtype']}.)"
+                     if "device" in collected["text_twins"] else "")]
     lines += ["", "## The issue's targets: does each seed meet them?", "",
               "| | " + " | ".join(title for title, _ in TARGETS) + " |", "|---|" + "---|" * len(TARGETS)]
     for name, entry in table.items():
@@ -377,9 +397,15 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
     lines += ["", "## Shipped tensors", "",
               "Chosen by their numbers on the test manifest (there is no separate validation split), so a shipped",
               "tensor's own figures are the best of several runs; the mean ± sd rows above are the fair estimate.", ""]
-    for kind, (run_dir, value) in chosen.items():
+    shipped = shipped_sources(collected)
+    for kind, (run_dir, value) in shipped.items():
         lines.append(f"- `{SHIPPED[kind].relative_to(ROOT)}`: from `{run_dir.parent.name}/{run_dir.name}` "
                      f"(selection score {value:.1f}; `sectensor.report.score` says how it is computed).")
+        best, best_value = chosen[kind]
+        if best != run_dir:
+            lines.append(f"  The best-scoring run is now `{best.parent.name}/{best.name}` ({best_value:.1f}); it is not shipped, "
+                         "because docs/analysis.md, the README's pictures and the app's examples describe the shipped "
+                         "one (`--ship` replaces it).")
         plot_losses(run_dir / LOG_NAME, docs / f"losses-{kind}.png", title=f"{kind}: {run_dir.parent.name}/{run_dir.name}")
         lines.append(f"  ![loss curves per split](losses-{kind}.png)")
         if kind == "visual":
@@ -409,6 +435,25 @@ def choose(collected: dict[str, Any]) -> dict[str, tuple[Path, float]]:
             if recipe.kind not in best or value > best[recipe.kind][1]:
                 best[recipe.kind] = (result["dir"], value)
     return best
+
+
+def shipped_sources(collected: dict[str, Any]) -> dict[str, tuple[Path, float]]:
+    """For each shipped tensor, the run it was copied from (the run whose values are equal) and that run's score."""
+    from safetensors.torch import load_file
+
+    from .tensors import WEIGHTS_NAME
+
+    sources = {}
+    for kind, folder in SHIPPED.items():
+        values = load_file(str(folder / WEIGHTS_NAME))["delta"]
+        for entry in collected["table"].values():
+            for result in entry["runs"]:
+                run_values = load_file(str(result["dir"] / WEIGHTS_NAME))["delta"]
+                if run_values.shape == values.shape and bool((run_values == values).all()):
+                    sources[kind] = (result["dir"], score(result["splits"], collected["base"]["splits"]))
+        if kind not in sources:
+            raise SystemExit(f"{folder}: no run in the report has these values; run the report with --ship")
+    return sources
 
 
 def ship(chosen: dict[str, tuple[Path, float]]) -> None:
@@ -465,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     collected = collect(args.runs, recipes, args.seeds)
     chosen = choose(collected)
-    out = write_docs(collected, args.docs, args.seeds, args.cpu_run, chosen)
     if args.ship:
         ship(chosen)
+    out = write_docs(collected, args.docs, args.seeds, args.cpu_run, chosen)
     print(f"wrote {out}")
     return 0
 
