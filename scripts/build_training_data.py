@@ -101,10 +101,11 @@ def described_rows(rng: random.Random) -> list[dict]:
     """Extra GB rows: 6 more descriptive or danger questions per SA picture, 4 more general questions per
     `general` picture (training wording and styles only)."""
     rows = []
-    for group, frames, count in ((group, CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, 6) for group in HARMFUL_SEEN_GROUPS):
+    for group in HARMFUL_SEEN_GROUPS:
         for concept in GROUPS[group]:
             for style in TRAIN_STYLES:
-                rows += [_row(concept, style, frame, "GB", harmful=False) for frame in rng.sample(frames, count)]
+                rows += [_row(concept, style, frame, "GB", harmful=False)
+                         for frame in rng.sample(CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, 6)]
     for concept in GROUPS["general"]:
         for style in TRAIN_STYLES:
             rows += [_row(concept, style, _picture_prompt(frame, PICTURE_REFS, rng)[0], "GB")
