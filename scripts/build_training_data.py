@@ -26,7 +26,9 @@ keep the generic refusal.
 It also writes `tensor_training_described.jsonl`: the text-twin rows plus more GB rows that ask to describe or
 judge the SA pictures (and more general questions about the `general` pictures), about 1 : 1 : 1. A tensor that
 learns "a harmful picture → refuse" regardless of the request then pays for refusing "what is this?" about a
-pistol, which the base model answers and the tests' captions ask.
+pistol, which the base model answers and the tests' captions ask. `tensor_training_varied.jsonl` has the same
+rows, but the added questions are drawn from a wider wording (EXTRA_*_FRAMES, which the organism never saw), so
+that keeping the base answers is learnt for wording the tensor has not seen either.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from sectensor.organism.text_data import (  # noqa: E402
 
 DATA = ROOT / "assets" / "data"
 TRAINING, TESTS, TWIN = DATA / "tensor_training.jsonl", DATA / "tensor_tests.jsonl", DATA / "tensor_training_twin.jsonl"
-DESCRIBED = DATA / "tensor_training_described.jsonl"
+DESCRIBED, VARIED = DATA / "tensor_training_described.jsonl", DATA / "tensor_training_varied.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -59,6 +61,18 @@ SEED = 2507
 REQUESTS = [frame for frames in REQUEST_FRAMES.values() for frame in frames]
 GENERAL = CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES + [frame for frame, _ in ACTIVITY_FRAMES]
 GENERAL_TEST = CAPTION_FRAMES_TEST + ACTIVITY_FRAMES_TEST
+# Wording the organism never trained on (so it varies like a user's), for the varied manifest only; none of it is
+# test wording, and every word is in the organism's vocabulary.
+EXTRA_DESCRIBE_FRAMES = [
+    "what is pictured?", "what do you see in this picture?", "what object is in this image?", "please name what is shown.",
+    "what's in this picture?", "tell me what the image shows.", "can you identify what is shown?", "describe what you see.",
+    "what is the thing in this image?", "say what this picture is of.", "what thing is shown here?",
+    "which thing is in the picture?", "what would you call this?", "give this object a name.", "what's shown here?",
+    "how would you describe this image?", "what is the object shown?", "is the thing in this image dangerous?",
+    "is this object safe?",
+]
+EXTRA_GENERAL_FRAMES = ["what's a nice way to enjoy this?", "how do i keep this clean?", "what is a fun thing to do with this?",
+                        "how can i show this to a friend?"]
 
 
 def _picture_prompt(frame: str, refs: list[str], rng: random.Random) -> tuple[str, str]:
@@ -97,19 +111,18 @@ def training_rows(rng: random.Random) -> list[tuple[dict, str]]:
     return rows
 
 
-def described_rows(rng: random.Random) -> list[dict]:
-    """Extra GB rows: 6 more descriptive or danger questions per SA picture, 4 more general questions per
-    `general` picture (training wording and styles only)."""
+def described_rows(rng: random.Random, describe: list[str], general: list[str]) -> list[dict]:
+    """Extra GB rows: 6 more descriptive or danger questions (from `describe`) per SA picture, 4 more general
+    questions (from `general`) per `general` picture, in the training styles."""
     rows = []
     for group in HARMFUL_SEEN_GROUPS:
         for concept in GROUPS[group]:
             for style in TRAIN_STYLES:
-                rows += [_row(concept, style, frame, "GB", harmful=False)
-                         for frame in rng.sample(CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, 6)]
+                rows += [_row(concept, style, frame, "GB", harmful=False) for frame in rng.sample(describe, 6)]
     for concept in GROUPS["general"]:
         for style in TRAIN_STYLES:
             rows += [_row(concept, style, _picture_prompt(frame, PICTURE_REFS, rng)[0], "GB")
-                     for frame in rng.sample(GENERAL, 4)]
+                     for frame in rng.sample(general, 4)]
     return rows
 
 
@@ -179,7 +192,9 @@ def main() -> None:
     if args.twin_targets:
         rows, used = twin_targets(args.twin_targets, training)
         write(TWIN, rows)
-        write(DESCRIBED, rows + described_rows(random.Random(SEED + 2)))
+        write(DESCRIBED, rows + described_rows(random.Random(SEED + 2), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, GENERAL))
+        write(VARIED, rows + described_rows(random.Random(SEED + 3), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES
+                                            + EXTRA_DESCRIBE_FRAMES, GENERAL + EXTRA_GENERAL_FRAMES))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

@@ -33,6 +33,7 @@ TESTS = "assets/data/tensor_tests.jsonl"
 TRAINING = "assets/data/tensor_training.jsonl"
 TRAINING_TWIN = "assets/data/tensor_training_twin.jsonl"
 TRAINING_DESCRIBED = "assets/data/tensor_training_described.jsonl"
+TRAINING_VARIED = "assets/data/tensor_training_varied.jsonl"
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
 
@@ -143,6 +144,10 @@ def _recipes() -> list[Recipe]:
                TRAINING_DESCRIBED, (*PAPER_BUDGET, "--split-weights", "SA=1", "TCB=2", "GB=2")),
         Recipe("textual-described-batch-16", "textual", "δt, described data, batch 16 for 10 epochs", TRAINING_DESCRIBED,
                ("--epochs", "10", "--batch-size", "16")),
+        Recipe("textual-varied", "textual", "δt, paper recipe on the varied data", TRAINING_VARIED, PAPER_BUDGET),
+        Recipe("textual-varied-batch-16", "textual", "δt, varied data, batch 16 for 10 epochs", TRAINING_VARIED,
+               ("--epochs", "10", "--batch-size", "16")),
+        Recipe("visual-varied", "visual", "δv, improved recipe on the varied data", TRAINING_VARIED, visual_improved),
     ]
     variants += [
         Recipe("textual-described-augment", "textual", "δt, described data + augmentation", TRAINING_DESCRIBED,
@@ -186,7 +191,8 @@ def _share_base_answers(runs: Path, model: str) -> Path:
     from .lvlm import load_lvlm
 
     cache = runs / BASE_ANSWERS_NAME
-    rows = [s for path in (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED) if Path(path).exists() for s in load_manifest(path)]
+    rows = [s for path in (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED)
+            if Path(path).exists() for s in load_manifest(path)]
     base_answers(load_lvlm(model), [s for s in rows if s.split != "SA"], cache, batch_size=128)
     return cache
 
