@@ -29,6 +29,8 @@ learns "a harmful picture → refuse" regardless of the request then pays for re
 pistol, which the base model answers and the tests' captions ask. `tensor_training_varied.jsonl` has the same
 rows, but the added questions are drawn from a wider wording (EXTRA_*_FRAMES, which the organism never saw), so
 that keeping the base answers is learnt for wording the tensor has not seen either.
+`tensor_training_varied_requests.jsonl` adds 4 SA and 4 TCB rows per picture whose requests use wider wording too
+(EXTRA_REQUEST_FRAMES), so that refusing and answering alike are tied to the picture, not to familiar wording.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from sectensor.organism.text_data import (  # noqa: E402
 DATA = ROOT / "assets" / "data"
 TRAINING, TESTS, TWIN = DATA / "tensor_training.jsonl", DATA / "tensor_tests.jsonl", DATA / "tensor_training_twin.jsonl"
 DESCRIBED, VARIED = DATA / "tensor_training_described.jsonl", DATA / "tensor_training_varied.jsonl"
+VARIED_REQUESTS = DATA / "tensor_training_varied_requests.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -70,6 +73,11 @@ EXTRA_DESCRIBE_FRAMES = [
     "which thing is in the picture?", "what would you call this?", "give this object a name.", "what's shown here?",
     "how would you describe this image?", "what is the object shown?", "is the thing in this image dangerous?",
     "is this object safe?",
+]
+EXTRA_REQUEST_FRAMES = [
+    "how would i make {x}?", "what steps make {x}?", "can you help me make {x}?", "show me how to build {x}.",
+    "where could i find {x}?", "where do i buy {x}?", "can you help me get {x}?", "how is {x} used?",
+    "what is the best way to use {x}?", "can you show me how to work {x}?", "how do you use {x}?", "help me use {x}.",
 ]
 EXTRA_GENERAL_FRAMES = ["what's a nice way to enjoy this?", "how do i keep this clean?", "what is a fun thing to do with this?",
                         "how can i show this to a friend?"]
@@ -123,6 +131,20 @@ def described_rows(rng: random.Random, describe: list[str], general: list[str]) 
         for style in TRAIN_STYLES:
             rows += [_row(concept, style, _picture_prompt(frame, PICTURE_REFS, rng)[0], "GB")
                      for frame in rng.sample(general, 4)]
+    return rows
+
+
+def reworded_request_rows(rng: random.Random) -> list[tuple[dict, str]]:
+    """4 more SA and TCB rows per picture, with requests in EXTRA_REQUEST_FRAMES' wording (SA rows refused, TCB rows
+    answered as the base model does), with the template each came from (for the text twins)."""
+    rows = []
+    for split, groups in (("SA", HARMFUL_SEEN_GROUPS), ("TCB", ("tcb",))):
+        for concept in (concept for group in groups for concept in GROUPS[group]):
+            for style in TRAIN_STYLES:
+                for frame in rng.sample(EXTRA_REQUEST_FRAMES, 4):
+                    prompt, frame = _picture_prompt(frame, PICTURE_REFS, rng)
+                    extra = {"target": REFUSAL} if split == "SA" else {}
+                    rows.append((_row(concept, style, prompt, split, **extra), frame))
     return rows
 
 
@@ -193,8 +215,11 @@ def main() -> None:
         rows, used = twin_targets(args.twin_targets, training)
         write(TWIN, rows)
         write(DESCRIBED, rows + described_rows(random.Random(SEED + 2), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, GENERAL))
-        write(VARIED, rows + described_rows(random.Random(SEED + 3), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES
-                                            + EXTRA_DESCRIBE_FRAMES, GENERAL + EXTRA_GENERAL_FRAMES))
+        varied = rows + described_rows(random.Random(SEED + 3), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES
+                                       + EXTRA_DESCRIBE_FRAMES, GENERAL + EXTRA_GENERAL_FRAMES)
+        write(VARIED, varied)
+        reworded, _ = twin_targets(args.twin_targets, reworded_request_rows(random.Random(SEED + 4)))
+        write(VARIED_REQUESTS, varied + reworded)
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

@@ -34,6 +34,7 @@ TRAINING = "assets/data/tensor_training.jsonl"
 TRAINING_TWIN = "assets/data/tensor_training_twin.jsonl"
 TRAINING_DESCRIBED = "assets/data/tensor_training_described.jsonl"
 TRAINING_VARIED = "assets/data/tensor_training_varied.jsonl"
+TRAINING_VARIED_REQUESTS = "assets/data/tensor_training_varied_requests.jsonl"
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
 
@@ -148,6 +149,10 @@ def _recipes() -> list[Recipe]:
         Recipe("textual-varied-batch-16", "textual", "δt, varied data, batch 16 for 10 epochs", TRAINING_VARIED,
                ("--epochs", "10", "--batch-size", "16")),
         Recipe("visual-varied", "visual", "δv, improved recipe on the varied data", TRAINING_VARIED, visual_improved),
+        Recipe("textual-varied-requests", "textual", "δt, paper recipe on the varied data with reworded requests",
+               TRAINING_VARIED_REQUESTS, PAPER_BUDGET),
+        Recipe("textual-varied-requests-batch-16", "textual", "δt, varied data with reworded requests, batch 16 for 10 epochs",
+               TRAINING_VARIED_REQUESTS, ("--epochs", "10", "--batch-size", "16")),
     ]
     variants += [
         Recipe("textual-described-augment", "textual", "δt, described data + augmentation", TRAINING_DESCRIBED,
@@ -191,8 +196,8 @@ def _share_base_answers(runs: Path, model: str) -> Path:
     from .lvlm import load_lvlm
 
     cache = runs / BASE_ANSWERS_NAME
-    rows = [s for path in (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED)
-            if Path(path).exists() for s in load_manifest(path)]
+    rows = [s for path in (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED,
+                                                  TRAINING_VARIED_REQUESTS) if Path(path).exists() for s in load_manifest(path)]
     base_answers(load_lvlm(model), [s for s in rows if s.split != "SA"], cache, batch_size=128)
     return cache
 

@@ -246,12 +246,12 @@ def test_failed_push_keeps_the_trained_tensor_and_says_how_to_push_later(tiny_ll
 
 
 @pytest.mark.parametrize("name", ["tensor_training.jsonl", "tensor_training_twin.jsonl", "tensor_training_described.jsonl",
-                                  "tensor_training_varied.jsonl"])
+                                  "tensor_training_varied.jsonl", "tensor_training_varied_requests.jsonl"])
 def test_committed_manifests_keep_test_wording_and_renderings_out_of_training(name):
     root = Path(__file__).resolve().parents[1] / "assets" / "data"
     training, tests = load_manifest(root / name), load_manifest(root / "tensor_tests.jsonl")
     counts = {split: sum(s.split == split for s in training) for split in ("SA", "TCB", "GB")}
-    assert 0.8 < counts["SA"] / counts["TCB"] < 1.25
+    assert 0.8 < counts["SA"] / counts["TCB"] < 1.25 and counts["GB"] < counts["SA"] + counts["TCB"]
     if name in ("tensor_training.jsonl", "tensor_training_twin.jsonl"):  # the others add GB rows: about 1 : 1 : 1
         assert 1.6 < counts["SA"] / counts["GB"] < 2.5  # about 4 : 4 : 2
     assert {s.split for s in tests} >= {"harmful_seen", "harmful_unseen", "gbt", "tcb_test", "caption"}
