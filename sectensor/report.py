@@ -149,10 +149,6 @@ def _recipes() -> list[Recipe]:
         Recipe("textual-varied-batch-16", "textual", "δt, varied data, batch 16 for 10 epochs", TRAINING_VARIED,
                ("--epochs", "10", "--batch-size", "16")),
         Recipe("visual-varied", "visual", "δv, improved recipe on the varied data", TRAINING_VARIED, visual_improved),
-        Recipe("textual-varied-requests", "textual", "δt, paper recipe on the varied data with reworded requests",
-               TRAINING_VARIED_REQUESTS, PAPER_BUDGET),
-        Recipe("textual-varied-requests-batch-16", "textual", "δt, varied data with reworded requests, batch 16 for 10 epochs",
-               TRAINING_VARIED_REQUESTS, ("--epochs", "10", "--batch-size", "16")),
     ]
     variants += [
         Recipe("textual-described-augment", "textual", "δt, described data + augmentation", TRAINING_DESCRIBED,
@@ -161,6 +157,8 @@ def _recipes() -> list[Recipe]:
                _override(PAPER_BUDGET, ("--epochs", "10")), True),
         Recipe("visual-described-sa-x3", "visual", "δv, described data, SA rows weighted 3", TRAINING_DESCRIBED,
                (*visual_improved, "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
+        Recipe("textual-varied-requests", "textual", "δt, paper recipe on the varied data with reworded requests",
+               TRAINING_VARIED_REQUESTS, PAPER_BUDGET, True),
         Recipe("visual-described-strong", "visual", "δv, described data, SA rows weighted 3, clamp ±2", TRAINING_DESCRIBED,
                (*visual_improved, "--threshold", "2", "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
     ]
