@@ -371,6 +371,18 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
                   "the picture-only base is out of reach of a tensor that transfers the text behaviour faithfully."
                   + (f" (Text twins evaluated on {collected['text_twins']['device']} in {collected['text_twins']['dtype']}.)"
                      if "device" in collected["text_twins"] else "")]
+    spreads = [max(values) - min(values) for entry in table.values()
+               if len(values := [score(r["splits"], base["splits"]) for r in entry["runs"]]) > 1]
+    lines += ["", "## Best recipes so far", "", "By the mean over seeds of the selection score (`sectensor.report.score`).",
+              "A one-seed variant's score is one draw: the seeds of one recipe here differ by up to "
+              f"{max(spreads, default=0):.1f} points.", ""]
+    for kind in ("visual", "textual"):
+        ranked = sorted(((statistics.mean(score(r["splits"], base["splits"]) for r in entry["runs"]), entry)
+                         for entry in table.values() if entry["recipe"].kind == kind and not entry["recipe"].ablation),
+                        key=lambda item: -item[0])
+        lines.append(f"- {'δv' if kind == 'visual' else 'δt'}: " + "; ".join(
+            f"{entry['recipe'].label} ({value:.1f}, {len(entry['runs'])} seed{'s' if len(entry['runs']) > 1 else ''})"
+            for value, entry in ranked[:3]) + ".")
     lines += ["", "## The issue's targets: does each seed meet them?", "",
               "| | " + " | ".join(title for title, _ in TARGETS) + " |", "|---|" + "---|" * len(TARGETS)]
     for name, entry in table.items():
