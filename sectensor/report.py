@@ -391,7 +391,7 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
                 _target_cell(check, entry["runs"], base) for _, check in TARGETS) + " |")
     lines += ["", "## Recipes", "",
               "Wall times are per run while up to 13 runs shared one GPU (each run is a separate process); a run",
-              "alone is faster. Evaluation ran on the same GPU in bfloat16.", ""]
+              "alone is faster. Each run was evaluated where it trained: on the GPU in bfloat16, on a CPU in float32.", ""]
     for name, entry in table.items():
         recipe, info = entry["recipe"], entry["runs"][0]["training"]
         walls = [r["training"].get("wall_seconds") for r in entry["runs"] if r["training"].get("wall_seconds")]
