@@ -35,6 +35,7 @@ TRAINING_TWIN = "assets/data/tensor_training_twin.jsonl"
 TRAINING_DESCRIBED = "assets/data/tensor_training_described.jsonl"
 TRAINING_VARIED = "assets/data/tensor_training_varied.jsonl"
 TRAINING_VARIED_REQUESTS = "assets/data/tensor_training_varied_requests.jsonl"
+TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS)
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
 
@@ -194,8 +195,7 @@ def _share_base_answers(runs: Path, model: str) -> Path:
     from .lvlm import load_lvlm
 
     cache = runs / BASE_ANSWERS_NAME
-    rows = [s for path in (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED,
-                                                  TRAINING_VARIED_REQUESTS) if Path(path).exists() for s in load_manifest(path)]
+    rows = [s for path in TRAINING_MANIFESTS if Path(path).exists() for s in load_manifest(path)]
     base_answers(load_lvlm(model), [s for s in rows if s.split != "SA"], cache, batch_size=128)
     return cache
 
@@ -467,12 +467,13 @@ def shipped_sources(collected: dict[str, Any]) -> dict[str, tuple[Path, float]]:
     sources = {}
     for kind, folder in SHIPPED.items():
         values = load_file(str(folder / WEIGHTS_NAME))["delta"]
-        for entry in collected["table"].values():
-            for result in entry["runs"]:
-                run_values = load_file(str(result["dir"] / WEIGHTS_NAME))["delta"]
-                if run_values.shape == values.shape and bool((run_values == values).all()):
-                    sources[kind] = (result["dir"], score(result["splits"], collected["base"]["splits"]))
-        if kind not in sources:
+        runs = (result for entry in collected["table"].values() if entry["recipe"].kind == kind for result in entry["runs"])
+        for result in runs:
+            run_values = load_file(str(result["dir"] / WEIGHTS_NAME))["delta"]
+            if run_values.shape == values.shape and bool((run_values == values).all()):
+                sources[kind] = (result["dir"], score(result["splits"], collected["base"]["splits"]))
+                break
+        else:
             raise SystemExit(f"{folder}: no run in the report has these values; run the report with --ship")
     return sources
 
