@@ -134,6 +134,7 @@ def _recipes() -> list[Recipe]:
         variants.append(Recipe(name, "visual", "δv, quarter: " + ("no TCB, " if splits else "") + "lr 5e-3, 300 steps at batch 16",
                                TRAINING_TWIN, ("--max-steps", "300", "--batch-size", "16", "--lr", "5e-3", "--augment",
                                                "--benign-loss", "kl", *splits), True))
+    visual_strong = _override(visual_improved, ("--epochs", "40", "--threshold", "2", "--split-weights", "SA=3", "TCB=1", "GB=1"))
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
         Recipe("textual-described-fp32", "textual", "δt, paper recipe on the described data, float32 weights",
@@ -150,6 +151,12 @@ def _recipes() -> list[Recipe]:
         Recipe("textual-varied-batch-16", "textual", "δt, varied data, batch 16 for 10 epochs", TRAINING_VARIED,
                ("--epochs", "10", "--batch-size", "16")),
         Recipe("visual-varied", "visual", "δv, improved recipe on the varied data", TRAINING_VARIED, visual_improved),
+        Recipe("textual-varied-requests", "textual", "δt, paper recipe on the varied data with reworded requests",
+               TRAINING_VARIED_REQUESTS, PAPER_BUDGET),
+        Recipe("textual-varied-requests-augment", "textual", "δt, varied data with reworded requests + augmentation",
+               TRAINING_VARIED_REQUESTS, (*PAPER_BUDGET, "--augment")),
+        Recipe("visual-strong", "visual", "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2", TRAINING_TWIN,
+               visual_strong),
     ]
     variants += [
         Recipe("textual-described-augment", "textual", "δt, described data + augmentation", TRAINING_DESCRIBED,
@@ -158,8 +165,6 @@ def _recipes() -> list[Recipe]:
                _override(PAPER_BUDGET, ("--epochs", "10")), True),
         Recipe("visual-described-sa-x3", "visual", "δv, described data, SA rows weighted 3", TRAINING_DESCRIBED,
                (*visual_improved, "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
-        Recipe("textual-varied-requests", "textual", "δt, paper recipe on the varied data with reworded requests",
-               TRAINING_VARIED_REQUESTS, PAPER_BUDGET, True),
         Recipe("visual-described-strong", "visual", "δv, described data, SA rows weighted 3, clamp ±2", TRAINING_DESCRIBED,
                (*visual_improved, "--threshold", "2", "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
     ]
