@@ -85,19 +85,21 @@ def main() -> None:
             return model.generate(**inputs, **cache, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                                   pad_token_id=3, eos_token_id=None, disable_compile=not compiled)
 
-    def ours(images, tensor=None, protect=None, decoder=None):
+    def ours(images, tensor=None, protect=None, decoder=None, new_tokens=new):
         rows = lvlm.encode(images, [PROMPT] * len(images), protect=protect)
-        return (decoder or lvlm.decoder).decode(rows, tensor, protect, max_new_tokens=new, eos_token_id=-1)
+        return (decoder or lvlm.decoder).decode(rows, tensor, protect, max_new_tokens=new_tokens, eos_token_id=-1)
 
     variant_decoders: dict[str, Decoder] = {}
 
     def with_options(label, images, tensor=None, protect=None):
-        """Our loop with other inductor options for the compiled step (its own Decoder, compiled anew)."""
+        """Our loop with another step (its own Decoder, compiled anew): other inductor options, or cuBLAS's
+        products instead of `sectensor.kernels`."""
         def run():
             if label not in variant_decoders:
                 torch._dynamo.reset()
                 variant_decoders.clear()  # one variant's graphs and caches alive at a time
-                variant_decoders[label] = Decoder(lvlm, VARIANTS[label])
+                variant_decoders[label] = Decoder(lvlm, small_batch_kernels=False) if label == "cublas" \
+                    else Decoder(lvlm, VARIANTS[label])
             return ours(images, tensor, protect, variant_decoders[label])
         return run
 
@@ -106,9 +108,11 @@ def main() -> None:
         "generate_static_compiled_batch1": lambda: hf_generate(True),
         "ours_batch1": lambda: ours([image]),
         "ours_side_by_side": lambda: ours([image, image], tensor, [False, True]),
+        "ours_prefill_batch1": lambda: ours([image], new_tokens=1),
+        "ours_prefill_side_by_side": lambda: ours([image, image], tensor, [False, True], new_tokens=1),
     }
     if not args.tiny:
-        for label in VARIANTS:
+        for label in ("cublas", *VARIANTS):
             plans[f"variant_{label}_batch1"] = with_options(label, [image])
             plans[f"variant_{label}_side_by_side"] = with_options(label, [image, image], tensor, [False, True])
     repeats = 1 if args.tiny else 3
@@ -123,17 +127,18 @@ def main() -> None:
             outputs[name] = function()  # warm-up (and compilation)
             first_call = time.perf_counter() - started
             seconds = timed(function, repeats)
-            results[name] = {"seconds": round(seconds, 4), "tokens_per_s": round(new / seconds, 1),
-                             "first_call_s": round(first_call, 1)}
+            results[name] = {"seconds": round(seconds, 4), "first_call_s": round(first_call, 1)}
+            if "prefill" not in name:  # the prefill runs time the prompt and the first token only
+                results[name]["tokens_per_s"] = round(new / seconds, 1)
         except Exception as error:  # report and go on: one failing variant should not hide the others
             results[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
-        if name == "ours_batch1" and device == "cuda":  # where the default decoding step's GPU time goes
-            from torch.profiler import ProfilerActivity, profile
+        if name in ("ours_batch1", "ours_side_by_side") and device == "cuda" and name in outputs:
+            from torch.profiler import ProfilerActivity, profile  # where the default decoding step's GPU time goes
 
             with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-                ours([image])
-            results["profile_ours_batch1"] = kernel_summary(profiler, new)
+                function()
+            results[f"profile_{name}"] = kernel_summary(profiler, new)
     if "ours_batch1" in outputs and "eager_generate_batch1" in outputs:
         reference = outputs["eager_generate_batch1"][0, batch.input_ids.shape[1]:].tolist()
         agree = next((i for i, (a, b) in enumerate(zip(reference, outputs["ours_batch1"][0])) if a != b), len(reference))

@@ -120,7 +120,8 @@ def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", comp
     return result
 
 
-KERNEL_GROUPS = (("matrix multiplications", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul")),
+KERNEL_GROUPS = (("matrix multiplications", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul",
+                                             "_small_batch_linear_kernel")),
                  ("attention", ("flash", "fmha", "attention", "efficient")),
                  ("fused elementwise (compiled)", ("triton",)))
 

@@ -10,9 +10,10 @@ model (image inputs and δt's hook apply as usual), then every new token is one 
 
 On GPUs the step is compiled once and captured in a CUDA graph per (batch size, cache size) with its own input
 buffers; the graph also advances the positions, so a step costs the CPU one token copy and one replay, and the
-next step is queued before the previous token is read back, so the GPU does not wait for Python. Families whose
-decoding needs more than the language model (Qwen2-VL's multimodal positions, Mllama's cross-attention) set
-`FamilyAdapter.decodes_with_language_model = False` and use `generate`.
+next step is queued before the previous token is read back, so the GPU does not wait for Python. The step's
+linear layers run `sectensor.kernels`, which reads each weight once for all rows, so a side-by-side pair costs
+little more than one answer. Families whose decoding needs more than the language model (Qwen2-VL's multimodal
+positions, Mllama's cross-attention) set `FamilyAdapter.decodes_with_language_model = False` and use `generate`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import OrderedDict
 
 import torch
 
+from .kernels import small_batch_linears
 from .lvlm import LVLM, Batch
 
 _CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths reuse graphs
@@ -117,10 +119,13 @@ class _DynamicStep:
 class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
-    def __init__(self, lvlm: LVLM, compile_options: dict | None = None, static: bool | None = None) -> None:
+    def __init__(self, lvlm: LVLM, compile_options: dict | None = None, static: bool | None = None,
+                 small_batch_kernels: bool = True) -> None:
         """`static` (default: on GPUs, where the family allows it) decodes over a static cache, on GPUs compiled
-        and captured in a CUDA graph; otherwise over a dynamic cache, eagerly (faster on CPUs)."""
+        and captured in a CUDA graph; otherwise over a dynamic cache, eagerly (faster on CPUs).
+        `small_batch_kernels`: the step's linear layers run `sectensor.kernels` where it applies (GPUs, Triton)."""
         self.lvlm = lvlm
+        self.small_batch_kernels = small_batch_kernels
         on_gpu = lvlm.device.type == "cuda"
         self.static = (on_gpu and lvlm.adapter.supports_static_cache) if static is None else static
         self._static_steps: OrderedDict[tuple[int, int], _StaticStep] = OrderedDict()  # most recently used last
@@ -131,11 +136,12 @@ class Decoder:
 
     def _forward_step(self, input_ids, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
         """Logits (batch_size, vocab_size) of the token after `input_ids` (batch_size, 1)."""
-        hidden = self.lvlm.model.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
-            attention_mask=attention_mask, use_cache=True, **{self.lvlm.cache_keyword: cache},
-        ).last_hidden_state
-        return self.lvlm.model.get_output_embeddings()(hidden[:, -1]).float()
+        with small_batch_linears(self.small_batch_kernels):
+            hidden = self.lvlm.model.get_decoder()(
+                input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
+                attention_mask=attention_mask, use_cache=True, **{self.lvlm.cache_keyword: cache},
+            ).last_hidden_state
+            return self.lvlm.model.get_output_embeddings()(hidden[:, -1]).float()
 
     def _static_step(self, batch_size: int, length: int) -> _StaticStep | None:
         """The step (with its emptied static cache) for this shape; None if capturing its CUDA graph fails."""

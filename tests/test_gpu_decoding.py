@@ -40,3 +40,23 @@ def test_graphed_decoding_equals_generate(kind):
         assert ours == expected
         images, prompts = images[::-1], prompts[::-1]
         protect = protect[::-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5])
+def test_small_batch_linears_compute_what_linear_computes(rows, dtype):
+    from sectensor.kernels import MAX_ROWS, small_batch_linear, small_batch_linears
+
+    torch.manual_seed(0)
+    weight = torch.randn(1000, 777, device="cuda", dtype=dtype) / 777**0.5  # sizes that fill no tile exactly
+    bias = torch.randn(1000, device="cuda", dtype=dtype)
+    x = torch.randn(rows, 1, 777, device="cuda", dtype=dtype)
+    expected = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+    with small_batch_linears():
+        routed = torch.nn.functional.linear(x, weight, bias)
+    if rows <= MAX_ROWS:
+        assert torch.equal(routed, small_batch_linear(x, weight, bias))
+    else:  # more rows than the kernel takes: the layer's own product
+        assert torch.equal(routed, torch.nn.functional.linear(x, weight, bias))
+    tolerance = {"rtol": 1e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(routed.double(), expected, **tolerance)
