@@ -5,8 +5,9 @@
 
 Compares plain eager `model.generate` (dynamic cache, batch 1) and `generate` with a static cache and its own
 compiled step, with the library's decoding loop (`sectensor.decoding.Decoder`, what `LVLM.generate` and the app
-use: prefill, then one CUDA-graph language-model step per token), at batch 1 and at batch 2 with one protected
-row. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens.
+use: prefill, then one CUDA-graph language-model step per token whose linear layers run `sectensor.kernels`), at
+batch 1 and at batch 2 with one protected row; `variant_cublas_*` is the same loop on cuBLAS's products, and
+`ours_prefill_*` time the prompt and first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens.
 The HBM bound is the time to read the weights once per token: bytes of weights / memory bandwidth.
 """
 
@@ -29,7 +30,7 @@ from sectensor import VisualSecurityTensor  # noqa: E402
 from bench.bench_training import kernel_summary  # noqa: E402
 from sectensor.decoding import Decoder  # noqa: E402
 
-# Inductor options tried for the compiled decoding step, besides the library's default (Decoder.COMPILE_OPTIONS).
+# Inductor options tried for the compiled decoding step (on cuBLAS's products), besides the library's default.
 VARIANTS = {
     "coordinate_descent": {"triton.cudagraphs": True, "coordinate_descent_tuning": True},
     "coordinate_descent_decomposed_mm": {"triton.cudagraphs": True, "coordinate_descent_tuning": True,
@@ -92,14 +93,13 @@ def main() -> None:
     variant_decoders: dict[str, Decoder] = {}
 
     def with_options(label, images, tensor=None, protect=None):
-        """Our loop with another step (its own Decoder, compiled anew): other inductor options, or cuBLAS's
-        products instead of `sectensor.kernels`."""
+        """Our loop with another step (its own Decoder, compiled anew) on cuBLAS's products instead of
+        `sectensor.kernels`: as it is ("cublas"), or with other inductor options."""
         def run():
             if label not in variant_decoders:
                 torch._dynamo.reset()
                 variant_decoders.clear()  # one variant's graphs and caches alive at a time
-                variant_decoders[label] = Decoder(lvlm, small_batch_kernels=False) if label == "cublas" \
-                    else Decoder(lvlm, VARIANTS[label])
+                variant_decoders[label] = Decoder(lvlm, VARIANTS.get(label), small_batch_kernels=False)
             return ours(images, tensor, protect, variant_decoders[label])
         return run
 
