@@ -83,9 +83,10 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     n, k = weight.shape
     out = torch.empty(rows.shape[0], n, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _small_batch_linear_kernel[grid](
-        rows, weight, bias if bias is not None else weight, out, n, k, rows.stride(0), weight.stride(0), out.stride(0),
-        ROWS=rows.shape[0], ROWS_P2=triton.next_power_of_2(rows.shape[0]), HAS_BIAS=bias is not None)
+    with torch.cuda.device(x.device):  # Triton launches on the current device, which may not be the model's
+        _small_batch_linear_kernel[grid](
+            rows, weight, bias if bias is not None else weight, out, n, k, rows.stride(0), weight.stride(0),
+            out.stride(0), ROWS=rows.shape[0], ROWS_P2=triton.next_power_of_2(rows.shape[0]), HAS_BIAS=bias is not None)
     return out.reshape(*x.shape[:-1], n)
 
 
