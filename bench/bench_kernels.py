@@ -57,7 +57,8 @@ def main() -> None:
             entry = {"max_abs_difference": round(error, 4)}
             for label, function in (("cublas", lambda w: F.linear(x, w)), ("ours", lambda w: small_batch_linear(x, w))):
                 seconds = seconds_per_call(function, weights)
-                entry[label] = {"us": round(seconds * 1e6, 1), "tb_per_s": round(weight.numel() * 2 / seconds / 1e12, 2)}
+                bandwidth = weight.numel() * weight.element_size() / seconds / 1e12
+                entry[label] = {"us": round(seconds * 1e6, 1), "tb_per_s": round(bandwidth, 2)}
             entry["ours"]["config"] = str(_small_batch_linear_kernel.cache.get(next(
                 (key for key in _small_batch_linear_kernel.cache if n in key and k in key and rows in key), None)))
             results[f"{name}_rows{rows}"] = entry

@@ -149,6 +149,18 @@ def _preallocated_layer_class() -> type:
     return PreallocatedLayer
 
 
+def _preallocated_cache(config, capacity: int):
+    """The model's dynamic cache with its full-attention layers preallocated for `capacity` tokens (sliding-window
+    and other layer kinds stay as transformers builds them)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=config)
+    cache.layers = [_preallocated_layer_class()(capacity) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
+
+
 class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
@@ -206,20 +218,12 @@ class Decoder:
         `streamer.put` receives the prompt ids first, then each step's tokens (batch_size,), as with `generate`.
         Greedy unless `temperature` > 0, which samples from the full distribution.
         """
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
         lvlm = self.lvlm
         device = lvlm.device
         batch_size, prompt_length = batch.input_ids.shape
-        static = self._static_step(batch_size, prompt_length + max_new_tokens) if self.static else None
-        if static is not None:
-            cache = static.cache
-        else:
-            cache = DynamicCache(config=lvlm.model.config)
-            preallocated = _preallocated_layer_class()
-            cache.layers = [preallocated(prompt_length + max_new_tokens) if type(layer) is DynamicLayer else layer
-                            for layer in cache.layers]
+        length = prompt_length + max_new_tokens
+        static = self._static_step(batch_size, length) if self.static else None
+        cache = static.cache if static is not None else _preallocated_cache(lvlm.model.config, length)
         if streamer is not None:
             streamer.put(batch.input_ids)
         with lvlm.model_inputs(batch, tensor, protect) as inputs:

@@ -63,7 +63,8 @@ if triton is not None:
             if EVEN_K and EVEN_N:
                 w = tl.load(w_ptrs, eviction_policy="evict_first")
             else:
-                w = tl.load(w_ptrs, mask=column_ok[:, None] & (ks < K)[None, :], other=0.0, eviction_policy="evict_first")
+                w = tl.load(w_ptrs, mask=column_ok[:, None] & (ks < K)[None, :], other=0.0,
+                            eviction_policy="evict_first")
             if EVEN_K:
                 x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
             else:

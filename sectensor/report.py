@@ -82,24 +82,27 @@ def _recipes() -> list[Recipe]:
     more descriptive and danger questions about the SA pictures; see scripts/build_training_data.py): for δt
     they cut TCB-test false refusals about threefold against the paper recipe.
     """
+    improved = {kind: (*PAPER_BUDGET, "--lr", lr, "--augment", "--benign-loss", "kl")
+                for kind, lr in (("visual", "2e-2"), ("textual", "4e-3"))}
+    visual_improved = improved["visual"]
+    sa_x3 = ("--split-weights", "SA=3", "TCB=1", "GB=1")
+    strong = ("--threshold", "2", *sa_x3)  # clamp ±2 and SA rows weighted 3, the two best δv levers
     main, variants = [], []
-    for kind, symbol, lr in (("visual", "δv", "2e-2"), ("textual", "δt", "4e-3")):
-        improved = (*PAPER_BUDGET, "--lr", lr, "--augment", "--benign-loss", "kl")
+    for kind, symbol in (("visual", "δv"), ("textual", "δt")):
         main += [
             Recipe(f"{kind}-paper", kind, f"{symbol}, paper recipe", TRAINING, PAPER_BUDGET),
-            Recipe(f"{kind}-improved", kind, f"{symbol}, improved recipe", TRAINING_TWIN, improved),
+            Recipe(f"{kind}-improved", kind, f"{symbol}, improved recipe", TRAINING_TWIN, improved[kind]),
         ]
     variants += [
-        Recipe("visual-improved-generic", "visual", "δv, improved with the generic refusal", TRAINING,
-               (*PAPER_BUDGET, "--lr", "2e-2", "--augment", "--benign-loss", "kl"), True),
+        Recipe("visual-improved-generic", "visual", "δv, improved with the generic refusal", TRAINING, visual_improved, True),
         Recipe("visual-improved-no-augment", "visual", "δv, improved without augmentation", TRAINING_TWIN,
                (*PAPER_BUDGET, "--lr", "2e-2", "--benign-loss", "kl"), True),
         Recipe("visual-improved-lr5e-2", "visual", "δv, improved with lr 5e-2", TRAINING_TWIN,
-               (*PAPER_BUDGET, "--lr", "5e-2", "--augment", "--benign-loss", "kl"), True),
+               _override(visual_improved, ("--lr", "5e-2")), True),
         Recipe("textual-improved-generic", "textual", "δt, improved with the generic refusal", TRAINING,
-               (*PAPER_BUDGET, "--lr", "4e-3", "--augment", "--benign-loss", "kl"), True),
+               improved["textual"], True),
         Recipe("visual-improved-lr5e-3", "visual", "δv, improved with lr 5e-3", TRAINING_TWIN,
-               (*PAPER_BUDGET, "--lr", "5e-3", "--augment", "--benign-loss", "kl"), True),
+               _override(visual_improved, ("--lr", "5e-3")), True),
         Recipe("visual-paper-augment", "visual", "δv, paper + augmentation", TRAINING, (*PAPER_BUDGET, "--augment"), True),
         Recipe("visual-paper-kl", "visual", "δv, paper + KL on benign rows", TRAINING,
                (*PAPER_BUDGET, "--benign-loss", "kl"), True),
@@ -120,10 +123,9 @@ def _recipes() -> list[Recipe]:
     variants += [Recipe(f"textual-paper-{name}", "textual", f"δt, paper + {label}", TRAINING, _override(PAPER_BUDGET, flags), True)
                  for name, (label, flags) in textual_levers.items()]
     variants.append(Recipe("textual-paper-twin", "textual", "δt, paper + text-twin refusals", TRAINING_TWIN, PAPER_BUDGET, True))
-    visual_improved = (*PAPER_BUDGET, "--lr", "2e-2", "--augment", "--benign-loss", "kl")
     visual_levers = {
         "40-epochs": ("40 epochs", ("--epochs", "40")),
-        "sa-x3": ("SA rows weighted 3", ("--split-weights", "SA=3", "TCB=1", "GB=1")),
+        "sa-x3": ("SA rows weighted 3", sa_x3),
         "threshold-2": ("clamp ±2", ("--threshold", "2")),
         "fp32": ("float32 weights", ("--dtype", "float32")),
         "batch-8": ("batch 8 (2,480 steps)", ("--batch-size", "8")),
@@ -134,7 +136,7 @@ def _recipes() -> list[Recipe]:
         variants.append(Recipe(name, "visual", "δv, quarter: " + ("no TCB, " if splits else "") + "lr 5e-3, 300 steps at batch 16",
                                TRAINING_TWIN, ("--max-steps", "300", "--batch-size", "16", "--lr", "5e-3", "--augment",
                                                "--benign-loss", "kl", *splits), True))
-    visual_strong = _override(visual_improved, ("--epochs", "40", "--threshold", "2", "--split-weights", "SA=3", "TCB=1", "GB=1"))
+    visual_strong = _override(visual_improved, ("--epochs", "40", *strong))
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
         Recipe("textual-described-fp32", "textual", "δt, paper recipe on the described data, float32 weights",
@@ -164,9 +166,9 @@ def _recipes() -> list[Recipe]:
         Recipe("textual-described-10-epochs", "textual", "δt, described data, 10 epochs", TRAINING_DESCRIBED,
                _override(PAPER_BUDGET, ("--epochs", "10")), True),
         Recipe("visual-described-sa-x3", "visual", "δv, described data, SA rows weighted 3", TRAINING_DESCRIBED,
-               (*visual_improved, "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
+               (*visual_improved, *sa_x3), True),
         Recipe("visual-described-strong", "visual", "δv, described data, SA rows weighted 3, clamp ±2", TRAINING_DESCRIBED,
-               (*visual_improved, "--threshold", "2", "--split-weights", "SA=3", "TCB=1", "GB=1"), True),
+               (*visual_improved, *strong), True),
     ]
     ablations = [Recipe(f"{r.name}-no-tcb", r.kind, f"{r.label}, no TCB", r.data, (*r.flags, "--splits", "SA", "GB"))
                  for r in main]

@@ -18,6 +18,7 @@ from PIL import Image
 import sectensor
 from sectensor import TextualSecurityTensor, VisualSecurityTensor
 from sectensor.data import load_manifest
+from sectensor.report import TRAINING_MANIFESTS
 from sectensor.training import (
     CHECKPOINT_NAME, LOG_NAME, TrainingDivergedError, augment_pixels, base_answers, build_examples, epoch_batches,
     row_losses, split_losses, train,
@@ -245,8 +246,7 @@ def test_failed_push_keeps_the_trained_tensor_and_says_how_to_push_later(tiny_ll
     assert sectensor.SecurityTensor.from_pretrained(out).training_info["steps"] == 2
 
 
-@pytest.mark.parametrize("name", ["tensor_training.jsonl", "tensor_training_twin.jsonl", "tensor_training_described.jsonl",
-                                  "tensor_training_varied.jsonl", "tensor_training_varied_requests.jsonl"])
+@pytest.mark.parametrize("name", [Path(manifest).name for manifest in TRAINING_MANIFESTS])
 def test_committed_manifests_keep_test_wording_and_renderings_out_of_training(name):
     root = Path(__file__).resolve().parents[1] / "assets" / "data"
     training, tests = load_manifest(root / name), load_manifest(root / "tensor_tests.jsonl")
