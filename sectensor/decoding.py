@@ -18,7 +18,6 @@ positions, Mllama's cross-attention) set `FamilyAdapter.decodes_with_language_mo
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections import OrderedDict
 
@@ -117,50 +116,6 @@ class _DynamicStep:
         return logits
 
 
-@functools.cache
-def _preallocated_layer_class() -> type:
-    """Defined on first use: transformers is imported lazily throughout the library."""
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        """A dynamic cache layer that writes into buffers sized for the whole answer and hands out views of the
-        filled part, instead of concatenating: on CPUs the concatenation copied the growing cache at every step
-        (16 % of the organism's side-by-side answer)."""
-
-        def __init__(self, capacity: int) -> None:
-            super().__init__()
-            self.capacity = capacity
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                batch_size, heads, _, _ = key_states.shape
-                self.key_buffer = key_states.new_empty(batch_size, heads, self.capacity, key_states.shape[-1])
-                self.value_buffer = value_states.new_empty(batch_size, heads, self.capacity, value_states.shape[-1])
-            start = self.get_seq_length()
-            end = start + key_states.shape[-2]
-            if end > self.capacity:  # longer than announced: grow as the parent does
-                return super().update(key_states, value_states, *args, **kwargs)
-            self.key_buffer[:, :, start:end] = key_states
-            self.value_buffer[:, :, start:end] = value_states
-            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-            return self.keys, self.values
-
-    return PreallocatedLayer
-
-
-def _preallocated_cache(config, capacity: int):
-    """The model's dynamic cache with its full-attention layers preallocated for `capacity` tokens (sliding-window
-    and other layer kinds stay as transformers builds them)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=config)
-    cache.layers = [_preallocated_layer_class()(capacity) if type(layer) is DynamicLayer else layer
-                    for layer in cache.layers]
-    return cache
-
-
 class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
@@ -218,12 +173,13 @@ class Decoder:
         `streamer.put` receives the prompt ids first, then each step's tokens (batch_size,), as with `generate`.
         Greedy unless `temperature` > 0, which samples from the full distribution.
         """
+        from transformers import DynamicCache
+
         lvlm = self.lvlm
         device = lvlm.device
         batch_size, prompt_length = batch.input_ids.shape
-        length = prompt_length + max_new_tokens
-        static = self._static_step(batch_size, length) if self.static else None
-        cache = static.cache if static is not None else _preallocated_cache(lvlm.model.config, length)
+        static = self._static_step(batch_size, prompt_length + max_new_tokens) if self.static else None
+        cache = static.cache if static is not None else DynamicCache(config=lvlm.model.config)
         if streamer is not None:
             streamer.put(batch.input_ids)
         with lvlm.model_inputs(batch, tensor, protect) as inputs:
