@@ -159,6 +159,13 @@ def _recipes() -> list[Recipe]:
                TRAINING_VARIED_REQUESTS, (*PAPER_BUDGET, "--augment")),
         Recipe("visual-strong", "visual", "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2", TRAINING_TWIN,
                visual_strong),
+        Recipe("visual-strong-sa-x5", "visual", "δv, improved with 40 epochs, SA rows weighted 5, clamp ±2",
+               TRAINING_TWIN, _override(visual_strong, ("--split-weights", "SA=5", "TCB=1", "GB=1"))),
+        Recipe("visual-strong-threshold-3", "visual", "δv, improved with 40 epochs, SA rows weighted 3, clamp ±3",
+               TRAINING_TWIN, _override(visual_strong, ("--threshold", "3"))),
+        Recipe("textual-varied-requests-augment-sa-x2", "textual",
+               "δt, varied data with reworded requests + augmentation, SA rows weighted 2", TRAINING_VARIED_REQUESTS,
+               (*PAPER_BUDGET, "--augment", "--split-weights", "SA=2", "TCB=1", "GB=1")),
     ]
     variants += [
         Recipe("textual-described-augment", "textual", "δt, described data + augmentation", TRAINING_DESCRIBED,

@@ -271,22 +271,32 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(temporary, path)  # readers see the old file or the new one, never half of one
 
 
-def save_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.Optimizer, step: int,
+@dataclass(frozen=True)
+class Progress:
+    """How far a run got: steps done, seconds spent training them and steps skipped for a non-finite gradient,
+    summed over every invocation of a resumed run."""
+
+    step: int = 0
+    seconds: float = 0.0
+    skipped: int = 0
+
+
+def save_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.Optimizer, progress: Progress,
                     settings: dict[str, Any]) -> None:
-    """One safetensors file: δ, AdamW's moments, and the step and settings as JSON metadata (no pickle)."""
+    """One safetensors file: δ, AdamW's moments, and the progress and settings as JSON metadata (no pickle)."""
     state = optimizer.state.get(tensor.delta, {})
     tensors = {"delta": tensor.delta.detach().cpu().contiguous()}
     if state:
         tensors["exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
         tensors["exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
-    metadata = {"step": str(step), "adam_step": str(float(state["step"]) if state else 0.0),
-                "settings": json.dumps(settings, sort_keys=True)}
+    metadata = {"step": str(progress.step), "seconds": str(progress.seconds), "skipped": str(progress.skipped),
+                "adam_step": str(float(state["step"]) if state else 0.0), "settings": json.dumps(settings, sort_keys=True)}
     _atomic_write(path, lambda target: save_file(tensors, str(target), metadata=metadata))
 
 
 def load_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.Optimizer,
-                    settings: dict[str, Any]) -> int:
-    """Restore δ and AdamW from `path`; returns the step to continue from."""
+                    settings: dict[str, Any]) -> Progress:
+    """Restore δ and AdamW from `path`; returns the progress to continue from."""
     try:
         from safetensors import safe_open
 
@@ -312,7 +322,8 @@ def load_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.O
             "step": torch.tensor(float(metadata["adam_step"])),
             "exp_avg": state["exp_avg"].to(device), "exp_avg_sq": state["exp_avg_sq"].to(device),
         }
-    return int(metadata["step"])
+    # Checkpoints written before seconds and skipped steps were recorded count them from here on.
+    return Progress(int(metadata["step"]), float(metadata.get("seconds", 0.0)), int(metadata.get("skipped", 0)))
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
@@ -392,7 +403,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     tensor = _initial_tensor(lvlm, config).to(device)
     optimizer = torch.optim.AdamW([tensor.delta], lr=config.lr, weight_decay=config.weight_decay)
     settings = {**config.to_dict(), "data": str(Path(config.data).resolve())}
-    start_step = load_checkpoint(checkpoint_path, tensor, optimizer, settings) if config.resume else 0
+    resumed = load_checkpoint(checkpoint_path, tensor, optimizer, settings) if config.resume else Progress()
+    start_step = resumed.step
     if state.is_main_process and config.resume:
         _truncate_log(log_path, start_step)
     elif state.is_main_process:
@@ -401,7 +413,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     kl = torch.tensor([config.benign_loss == "kl" and example.split in BENIGN_SPLITS for example in examples])
 
     bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
-    started, running, skipped, skipped_in_a_row = time.perf_counter(), {}, 0, 0
+    # Seconds and skipped steps continue from the checkpoint, so a resumed run reports the time its steps took.
+    started, running, skipped, skipped_in_a_row = time.perf_counter() - resumed.seconds, {}, resumed.skipped, 0
     plans: dict[int, list[list[int]]] = {}
 
     def prepare(step: int) -> tuple[list[int], int, Batch]:
@@ -471,7 +484,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if saving:
-                save_checkpoint(checkpoint_path, tensor, optimizer, step + 1, settings)
+                save_checkpoint(checkpoint_path, tensor, optimizer, Progress(step + 1, record["seconds"], skipped),
+                                settings)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({split: f"{value:.3f}" for split, value in running.items()})
@@ -481,7 +495,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
         bar.close()
     wall = time.perf_counter() - started
     tensor.training_info = _training_info(config, total_steps, steps_per_epoch, len(examples), wall, device, world)
-    tensor.training_info["skipped_steps"] = skipped  # of this invocation (a resumed run counts from its checkpoint)
+    tensor.training_info["skipped_steps"] = skipped
     result = TrainingResult(tensor, output_dir, total_steps, wall)
     state.wait_for_everyone()
     if state.is_main_process:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 import sectensor
 from sectensor import TextualSecurityTensor, VisualSecurityTensor
@@ -120,6 +121,10 @@ def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, mani
     broken = config(manifest, tmp_path / "broken", kind="visual", augment=True, lr=0.05)
     with pytest.raises(Killed):
         train(broken, lvlm=tiny_llava, on_step=kill_at_step_3)
+    before_kill = [json.loads(line) for line in (tmp_path / "broken" / LOG_NAME).read_text().splitlines()]
+    with safe_open(str(tmp_path / "broken" / CHECKPOINT_NAME), "pt") as handle:
+        saved = handle.metadata()
+    assert (saved["step"], float(saved["seconds"]), saved["skipped"]) == ("2", before_kill[1]["seconds"], "0")
     with pytest.raises(sectensor.SectensorError, match="--resume"):
         train(broken, lvlm=tiny_llava)
     broken.resume = True
@@ -130,6 +135,10 @@ def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, mani
     log = [json.loads(line) for line in (tmp_path / "broken" / LOG_NAME).read_text().splitlines()]
     assert [record["step"] for record in log] == [1, 2, 3, 4, 5, 6]
     assert all({"loss", "SA", "TCB", "GB", "epoch", "seconds"} <= set(record) for record in log)
+    # Time goes on from the checkpoint: the resumed run reports the seconds of all its steps, not of its last part.
+    seconds = [record["seconds"] for record in log]
+    assert seconds == sorted(seconds) and seconds[2] > before_kill[1]["seconds"]
+    assert resumed.wall_seconds >= seconds[-1] and resumed.tensor.training_info["skipped_steps"] == 0
     expected = (tmp_path / "unbroken" / LOG_NAME).read_text().splitlines()
     assert [json.loads(line)["loss"] for line in expected] == [record["loss"] for record in log]
 
@@ -147,8 +156,6 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llava, m
         train(cfg, lvlm=tiny_llava)
     failed_at, kept = map(int, re.findall(r"step (\d+)", str(error.value)))
     assert kept == failed_at - 1 and "Lower --lr" in str(error.value)
-    from safetensors import safe_open
-
     with safe_open(str(tmp_path / CHECKPOINT_NAME), "pt") as handle:
         assert handle.metadata()["step"] == str(kept) and torch.isfinite(handle.get_tensor("delta")).all()
     assert not (tmp_path / "security_tensor.safetensors").exists()
