@@ -29,6 +29,11 @@ MAX_NEW_TOKENS = 256
 MAX_TEMPERATURE = 2.0
 SMALL_MODEL_PARAMETERS = 100_000_000
 KIND_SYMBOLS = {"visual": "δv", "textual": "δt"}
+TEXT_ONLY_NOTICE = {
+    "visual": "δv acts on pictures only: without a picture both columns get the same input.",
+    "textual": "δt is applied to requests with a picture only, as it was trained: without a picture both columns "
+               "get the same input and the model's own text safety answers.",
+}
 
 
 @dataclass
@@ -222,10 +227,16 @@ class DemoService:
             raise SectensorError(f"the temperature must be between 0 and {MAX_TEMPERATURE}, not {temperature}")
         image, notices = self.read_image(image_path)
         tensor = self.tensor(tensor_label)
-        prompt, max_new_tokens, more = self.prepare(image, prompt, tensor, max_new_tokens)
+        if tensor is not None and image is None:
+            # A security tensor guards picture requests; text-only ones are left to the model's own text safety.
+            # δv has nothing to act on there, and δt is trained on picture requests only (the organism's δt refuses
+            # benign text-only questions), so neither is applied.
+            notices.append(TEXT_ONLY_NOTICE[tensor.kind])
+            side_by_side_tensor = None
+        else:
+            side_by_side_tensor = tensor
+        prompt, max_new_tokens, more = self.prepare(image, prompt, side_by_side_tensor, max_new_tokens)
         notices += more
-        if tensor is not None and tensor.kind == "visual" and image is None:
-            notices.append("δv acts on pictures only: without a picture both columns get the same input.")
         if temperature > 0:
             notices.append(f"Sampling at temperature {temperature:g}: the columns may also differ by chance; "
                            "set it to 0 for greedy answers.")
@@ -233,7 +244,8 @@ class DemoService:
             alone = stream_answers(self.lvlm, [image], [prompt], None, None, max_new_tokens, temperature=temperature)
             stream = ((texts[0], None) for texts in alone)
         else:
-            stream = stream_side_by_side(self.lvlm, image, prompt, tensor, max_new_tokens, temperature=temperature)
+            stream = stream_side_by_side(self.lvlm, image, prompt, side_by_side_tensor, max_new_tokens,
+                                         temperature=temperature)
         current = Answers("", None if tensor is None else "", notices=notices)
         for base, protected in stream:
             current = Answers(base, protected, notices=notices)
