@@ -282,6 +282,37 @@ def test_selection_score_prefers_selective_refusal_over_refusing_everything():
     selective = splits(0.98, 0.6, 0.0, 0.02, 0.94, 0.95)
     refuses_all = splits(1.0, 1.0, 1.0, 1.0, 0.0, 0.0)
     assert score(selective, base) > score(base, base) > score(refuses_all, base)
+    # The same tensor, measured on text-only requests too: refusing benign text the base answers costs points.
+    text_base = {**base, "text_benign": {"false_refusal_rate": 0.02}, "text_harmful": {"harmless_rate": 0.99}}
+    keeps_text = {**selective, "text_benign": {"false_refusal_rate": 0.01}, "text_harmful": {"harmless_rate": 0.99}}
+    breaks_text = {**selective, "text_benign": {"false_refusal_rate": 0.95}, "text_harmful": {"harmless_rate": 0.9}}
+    assert score(keeps_text, text_base) == score(selective, base)
+    assert score(breaks_text, text_base) == pytest.approx(score(selective, base) - 2 * 93 - 2 * 9)
+
+
+def test_report_evaluates_older_runs_on_added_test_splits(tmp_path):
+    from sectensor.data import load_manifest
+    from sectensor.report import ADDED_EVAL_NAME, EVAL_NAME, TESTS, _merge_added_splits, _missing_splits
+
+    run = tmp_path / "recipe" / "seed0"
+    run.mkdir(parents=True)
+    old = {"splits": {"harmful_seen": {"n": 1}}, "samples": [{"split": "harmful_seen"}]}
+    (run / EVAL_NAME).write_text(json.dumps(old))
+    [(command, run_dir)] = _missing_splits([run, tmp_path / "not-run-yet"], "assets/organism")
+    splits = list(dict.fromkeys(sample.split for sample in load_manifest(Path(__file__).resolve().parents[1] / TESTS)))
+    assert run_dir == run and {"text_benign", "text_harmful"} <= set(splits)
+    missing = command[command.index("--splits") + 1 : command.index("--batch-size")]
+    assert missing == [split for split in splits if split != "harmful_seen"]
+    assert command[command.index("--tensor") + 1] == str(run) and "--text-twins" not in command
+
+    added = {"splits": {split: {"n": 2} for split in missing}, "samples": [{"split": split} for split in missing],
+             "device": "cuda:0", "dtype": "bfloat16"}
+    (run / ADDED_EVAL_NAME).write_text(json.dumps(added))
+    _merge_added_splits(run)
+    merged = json.loads((run / EVAL_NAME).read_text())
+    assert list(merged["splits"]) == splits and len(merged["samples"]) == 1 + len(missing)
+    assert merged["added_splits"] == [{"splits": missing, "device": "cuda:0", "dtype": "bfloat16"}]
+    assert not (run / ADDED_EVAL_NAME).exists() and _missing_splits([run], "assets/organism") == []
 
 
 def test_loss_and_tensor_figures_are_written(tmp_path):

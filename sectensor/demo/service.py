@@ -31,8 +31,8 @@ SMALL_MODEL_PARAMETERS = 100_000_000
 KIND_SYMBOLS = {"visual": "δv", "textual": "δt"}
 TEXT_ONLY_NOTICE = {
     "visual": "δv acts on pictures only: without a picture both columns get the same input.",
-    "textual": "δt is applied to requests with a picture only, as it was trained: without a picture both columns "
-               "get the same input and the model's own text safety answers.",
+    "textual": "δt is applied to requests with a picture only: without a picture both columns get the same input "
+               "and the model's own text safety answers.",
 }
 
 
@@ -229,8 +229,8 @@ class DemoService:
         tensor = self.tensor(tensor_label)
         if tensor is not None and image is None:
             # A security tensor guards picture requests; text-only ones are left to the model's own text safety.
-            # δv has nothing to act on there, and δt is trained on picture requests only (the organism's δt refuses
-            # benign text-only questions), so neither is applied.
+            # δv has nothing to act on there, and δt can change text-only answers (docs/results.md, "text-only"),
+            # so neither is applied.
             notices.append(TEXT_ONLY_NOTICE[tensor.kind])
             side_by_side_tensor = None
         else:
