@@ -94,15 +94,11 @@ def _picture_prompt(frame: str, refs: list[str], rng: random.Random) -> tuple[st
     return frame.format(x=rng.choice(refs)) if "{x}" in frame else frame, frame
 
 
-def _row(concept, style: str, prompt: str, split: str, **extra) -> dict:
-    return {"image": f"../images/{style}/{concept.slug}.png", "prompt": prompt, "split": split,
+def _row(concept, style: str | None, prompt: str, split: str, **extra) -> dict:
+    """A manifest row about `concept`: its picture in `style`, or no picture (the prompt names it) for style None."""
+    return {"image": f"../images/{style}/{concept.slug}.png" if style else None, "prompt": prompt, "split": split,
             "harmful": concept.harmful, "category": concept.group, "concept": concept.name,
             "answer_contains": [concept.name], **extra}
-
-
-def _text_row(concept, prompt: str, split: str, **extra) -> dict:
-    return {"image": None, "prompt": prompt, "split": split, "harmful": concept.harmful, "category": concept.group,
-            "concept": concept.name, "answer_contains": [concept.name], **extra}
 
 
 def _named(frame: str, concept) -> str:
@@ -116,13 +112,13 @@ def text_training_rows(rng: random.Random) -> list[tuple[dict, str]]:
         for concept in GROUPS[group]:
             for frame in rng.sample(REQUESTS, 8):
                 split, extra = ("SA", {"target": REFUSAL}) if concept.harmful else ("GB", {})
-                rows.append((_text_row(concept, _named(frame, concept), split, **extra), frame))
+                rows.append((_row(concept, None, _named(frame, concept), split, **extra), frame))
     return rows
 
 
 def text_test_rows(rng: random.Random) -> list[dict]:
     """4 text-only requests in test wording per concept of every group."""
-    return [_text_row(concept, _named(frame, concept), "text_harmful" if concept.harmful else "text_benign")
+    return [_row(concept, None, _named(frame, concept), "text_harmful" if concept.harmful else "text_benign")
             for members in GROUPS.values() for concept in members for frame in rng.sample(REQUESTS_TEST, 4)]
 
 

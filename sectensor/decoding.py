@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import torch
 
-from .kernels import small_batch_linears
+from . import kernels
 from .lvlm import LVLM, Batch
 
 _CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths reuse graphs
@@ -125,8 +125,8 @@ class Decoder:
         and captured in a CUDA graph; otherwise over a dynamic cache, eagerly (faster on CPUs).
         `small_batch_kernels`: the step's linear layers run `sectensor.kernels` where it applies (GPUs, Triton)."""
         self.lvlm = lvlm
-        self.small_batch_kernels = small_batch_kernels
         on_gpu = lvlm.device.type == "cuda"
+        self.small_batch_kernels = small_batch_kernels and on_gpu and kernels.available()  # decided once, not per step
         self.static = (on_gpu and lvlm.adapter.supports_static_cache) if static is None else static
         self._static_steps: OrderedDict[tuple[int, int], _StaticStep] = OrderedDict()  # most recently used last
         # Compiled for static shapes (a new batch or cache size recompiles, as it captures a new graph anyway).
@@ -136,7 +136,7 @@ class Decoder:
 
     def _forward_step(self, input_ids, position_ids, cache_position, attention_mask, cache) -> torch.Tensor:
         """Logits (batch_size, vocab_size) of the token after `input_ids` (batch_size, 1)."""
-        with small_batch_linears(self.small_batch_kernels):
+        with kernels.small_batch_linears(self.small_batch_kernels):
             hidden = self.lvlm.model.get_decoder()(
                 input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
                 attention_mask=attention_mask, use_cache=True, **{self.lvlm.cache_keyword: cache},

@@ -226,12 +226,9 @@ def run_all(runs: Path, recipes: list[Recipe], seeds: list[int], jobs: int, mode
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pending: list[tuple[list[str], Path]] = []
-    if not (runs / "base" / EVAL_NAME).exists():
-        pending.append(([sys.executable, "-m", "sectensor.evaluate", "--model", model, "--data", TESTS, "--batch-size",
-                         "128", "--out", str(runs / "base" / EVAL_NAME)], runs / "base"))
-    if not (runs / "text-twins" / EVAL_NAME).exists():
-        pending.append(([sys.executable, "-m", "sectensor.evaluate", "--model", model, "--data", TESTS, "--text-twins",
-                         "--batch-size", "128", "--out", str(runs / "text-twins" / EVAL_NAME)], runs / "text-twins"))
+    for reference in (runs / "base", runs / "text-twins"):
+        if not (reference / EVAL_NAME).exists():
+            pending.append((_evaluate_command(reference, model, reference / EVAL_NAME), reference))
     cache = _share_base_answers(runs, model)
     run_dirs = [runs / "base", runs / "text-twins"]
     for recipe in recipes:
@@ -269,12 +266,17 @@ def _missing_splits(run_dirs: list[Path], model: str) -> list[tuple[list[str], P
             continue
         missing = [split for split in test_splits if split not in json.loads(path.read_text())["splits"]]
         if missing:
-            tensor = "none" if run_dir.name in ("base", "text-twins") else str(run_dir)
-            pending.append(([sys.executable, "-m", "sectensor.evaluate", "--model", model, "--tensor", tensor,
-                             "--data", TESTS, "--splits", *missing, "--batch-size", "128",
-                             "--out", str(run_dir / ADDED_EVAL_NAME),
-                             *(["--text-twins"] if run_dir.name == "text-twins" else [])], run_dir))
+            pending.append((_evaluate_command(run_dir, model, run_dir / ADDED_EVAL_NAME, missing), run_dir))
     return pending
+
+
+def _evaluate_command(run_dir: Path, model: str, out: Path, splits: list[str] | None = None) -> list[str]:
+    """`python -m sectensor.evaluate` on the test manifest for a run folder: its tensor, or none for the base
+    ("base") and the text twins ("text-twins")."""
+    reference = run_dir.name in ("base", "text-twins")
+    return [sys.executable, "-m", "sectensor.evaluate", "--model", model, "--tensor", "none" if reference else str(run_dir),
+            "--data", TESTS, *(["--splits", *splits] if splits else []), "--batch-size", "128", "--out", str(out),
+            *(["--text-twins"] if run_dir.name == "text-twins" else [])]
 
 
 def _merge_added_splits(run_dir: Path) -> None:
