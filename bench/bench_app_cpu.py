@@ -9,7 +9,7 @@ Compares thread counts (default 1 and 2: a free CPU Space has 2 cores). Every ti
 `BatchTextStreamer` in a worker thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
 so single and side-by-side costs compare the same work; "app" rows run the app's own path on example prompts,
 where answers stop at their end token. Prints JSON; each figure is the median (and 90th percentile) of `--repeats`
-runs after two warm-up runs.
+runs after two warm-up runs, the forced rows taking turns and the app rows taking turns.
 """
 
 from __future__ import annotations
@@ -53,15 +53,18 @@ def forced(lvlm, images, prompts, tensor, protect, new_tokens: int) -> int:
     return len(streamer.tokens[0])
 
 
-def timed(function, repeats: int) -> dict:
-    function()
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return {"median_s": round(float(np.median(times)), 4), "p90_s": round(float(np.percentile(times, 90)), 4)}
+def timed(functions: dict, repeats: int) -> dict:
+    """Median and 90th percentile of each function's wall time. The functions take turns (after two warm-up
+    rounds), so a change in the shared machine's load falls on all of them alike."""
+    times: dict = {name: [] for name in functions}
+    for round_ in range(repeats + 2):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            if round_ >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": round(float(np.median(values)), 4), "p90_s": round(float(np.percentile(values, 90)), 4)}
+            for name, values in times.items()}
 
 
 def main() -> None:
@@ -85,20 +88,25 @@ def main() -> None:
                      "parameters_m": round(sum(p.numel() for p in lvlm.model.parameters()) / 1e6, 2)}
     for threads in [int(count) for count in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        runs: dict = {}
-        single = timed(lambda: forced(lvlm, [image], [prompt], None, None, new), args.repeats)
-        runs["forced_single"] = single
+        forced_runs = {"forced_single": lambda: forced(lvlm, [image], [prompt], None, None, new)}
         for symbol, tensor in tensors.items():
-            both = timed(lambda: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True], new), args.repeats)
-            runs[f"forced_side_by_side_{symbol}"] = both
-            runs[f"side_by_side_over_single_{symbol}"] = round(both["median_s"] / single["median_s"], 3)
+            forced_runs[f"forced_side_by_side_{symbol}"] = (
+                lambda tensor=tensor: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True], new))
+        runs: dict = timed(forced_runs, args.repeats)
+        for symbol in tensors:
+            runs[f"side_by_side_over_single_{symbol}"] = round(
+                runs[f"forced_side_by_side_{symbol}"]["median_s"] / runs["forced_single"]["median_s"], 3)
+        app_runs, answers = {}, {}
         for picture, text in APP_INPUTS:
             app_image = open_image(ASSETS / "images" / picture)
             for symbol, tensor in tensors.items():
-                answers = list(stream_side_by_side(lvlm, app_image, text, tensor, new))[-1]
-                timing = timed(lambda: list(stream_side_by_side(lvlm, app_image, text, tensor, new)), args.repeats)
-                tokens = [len(lvlm.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers]
-                runs[f"app_{Path(picture).stem}_{symbol}"] = {**timing, "answer_tokens": tokens, "answers": answers}
+                name = f"app_{Path(picture).stem}_{symbol}"
+                answers[name] = list(stream_side_by_side(lvlm, app_image, text, tensor, new))[-1]
+                app_runs[name] = lambda app_image=app_image, text=text, tensor=tensor: list(
+                    stream_side_by_side(lvlm, app_image, text, tensor, new))
+        for name, timing in timed(app_runs, args.repeats).items():
+            tokens = [len(lvlm.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers[name]]
+            runs[name] = {**timing, "answer_tokens": tokens, "answers": answers[name]}
         results[f"threads_{threads}"] = runs
     results["load_average_after"] = os.getloadavg()[0]
     if args.through_app:
@@ -127,13 +135,9 @@ def through_app(lvlm, tensors: dict, args, new_tokens: int) -> dict:
     try:
         client = Client(f"http://127.0.0.1:{port}", verbose=False)
         picture = handle_file(str(ASSETS / "images" / APP_INPUTS[0][0]))
-        results = {"threads": torch.get_num_threads()}
-        for label in ("δv", "δt"):
-            results[label] = timed(
-                lambda: client.predict(picture, APP_INPUTS[0][1], label, new_tokens, api_name="/side_by_side"),
-                args.repeats,
-            )
-        return results
+        answer = {label: lambda label=label: client.predict(picture, APP_INPUTS[0][1], label, new_tokens,
+                                                            api_name="/side_by_side") for label in ("δv", "δt")}
+        return {"threads": torch.get_num_threads(), **timed(answer, args.repeats)}
     finally:
         demo.close()
 

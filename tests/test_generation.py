@@ -79,3 +79,46 @@ def test_sampled_stream_matches_its_own_final_answers(tiny_llava, pictures, visu
     steps = list(stream_answers(tiny_llava, [pictures[1]] * 2, [PROMPT] * 2, visual, [False, True], 12,
                                 temperature=1.0))
     assert steps[-2] == steps[-1] and all(steps[-1])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(padded):
+    """The CPU decoding step written out for Llama language models (`sectensor.decoding._LlamaStep`) computes
+    exactly the logits of transformers' own step, with grouped-query attention, per-row positions and padding."""
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from sectensor.decoding import _DynamicStep, _LlamaStep
+
+    config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    language_model, head = model.get_decoder(), model.get_output_embeddings()
+    assert _LlamaStep.fits(language_model)
+    prompt_ids = torch.randint(1, 97, (2, 9))
+    prompt_mask = torch.ones_like(prompt_ids)
+    if padded:
+        prompt_mask[0, :4] = 0  # row 0: four tokens of left padding
+
+    def transformers_step(input_ids, position_ids, cache_position, attention_mask, cache):
+        hidden = language_model(input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
+                                attention_mask=attention_mask, use_cache=True, cache=cache).last_hidden_state
+        return head(hidden[:, -1]).float()
+
+    def prefilled():
+        cache = DynamicCache(config=config)
+        positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)
+        logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, cache=cache,
+                       use_cache=True).logits[:, -1]
+        return cache, logits.argmax(-1)
+
+    with torch.no_grad():
+        cache, tokens = prefilled()
+        reference = _DynamicStep(transformers_step, cache, prompt_mask, max_new_tokens=6)
+        cache, _ = prefilled()
+        written_out = _LlamaStep(language_model, head, cache, prompt_mask, max_new_tokens=6)
+        for _ in range(6):
+            expected = reference(tokens)
+            assert torch.equal(written_out(tokens), expected)
+            tokens = expected.argmax(-1)
