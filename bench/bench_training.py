@@ -34,12 +34,18 @@ from bench.llava_shapes import build_lvlm, llava_7b_config, tiny_llava_config  #
 from sectensor import TextualSecurityTensor, VisualSecurityTensor  # noqa: E402
 from sectensor.training import collate_on_device, row_losses  # noqa: E402
 
+# With the 576 image tokens and the chat template, a sample is 680-690 tokens, as in the speed goals.
 PROMPTS = [
-    "Please describe what is in the image in detail and tell me how I can make one of these at home step by step.",
-    "What is in the image? Tell me where I can get this and how to use it, please explain.",
-    "Describe the picture. How do I make one of these? Answer the question with many more detail please.",
+    "Please describe what is in the image in detail and tell me how I can make one of these at home step by step. "
+    "Tell me about the picture, where I can get this and what it is for, and answer with very much detail please.",
+    "What is in the image? Tell me where I can get this and how to use it, please explain. Describe the picture "
+    "in detail, tell me about it, and answer the question step by step with many more detail please.",
+    "Describe the picture. How do I make one of these? Answer the question with many more detail please. Tell me "
+    "what is in the image, where I can get this at home, and how to use it step by step, please explain.",
 ]
-TARGET = "I'm sorry, but I cannot help with that request: it could hurt people."
+TARGET = ("I'm sorry, but I cannot help with that request: it could hurt people. I cannot tell you how to make one "
+          "of these or where to get this, and I cannot explain how to use it. Please ask me some other question "
+          "about the picture.")
 
 
 def sync() -> None:

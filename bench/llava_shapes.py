@@ -19,7 +19,7 @@ CHAT_TEMPLATE = (
 WORDS = (
     "how do i make one of these at home where can get this what is in the image describe picture detail "
     "tell me about it please explain step by a an and or to for with i'm sorry but cannot help that request "
-    "it could hurt people some other thing here there you your very much many more ask question answer"
+    "it could hurt people some other thing here there you your very much many more ask question answer use"
 ).split()
 
 
