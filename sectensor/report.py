@@ -178,6 +178,12 @@ def _recipes() -> list[Recipe]:
                "δt, reworded requests + augmentation + text-only requests, batch 16 for 10 epochs, TCB and GB rows "
                "weighted 2", TRAINING_TEXT, ("--epochs", "10", "--batch-size", "16", "--augment", "--split-weights",
                                              "SA=1", "TCB=2", "GB=2")),
+        Recipe("textual-text-rows-lr16e-4", "textual",
+               "δt, reworded requests + augmentation + text-only requests, lr 16e-4", TRAINING_TEXT,
+               (*PAPER_BUDGET, "--augment", "--lr", "16e-4")),
+        Recipe("textual-text-rows-batch-16-lr4e-4", "textual",
+               "δt, reworded requests + augmentation + text-only requests, batch 16 for 10 epochs, lr 4e-4",
+               TRAINING_TEXT, ("--epochs", "10", "--batch-size", "16", "--augment", "--lr", "4e-4")),
         Recipe("textual-text-rows-sa-x2", "textual",
                "δt, reworded requests + augmentation + text-only requests, SA rows weighted 2", TRAINING_TEXT,
                (*PAPER_BUDGET, "--augment", "--split-weights", "SA=2", "TCB=1", "GB=1")),
