@@ -34,7 +34,7 @@ from bench.llava_shapes import build_lvlm, llava_7b_config, tiny_llava_config  #
 from sectensor import TextualSecurityTensor, VisualSecurityTensor  # noqa: E402
 from sectensor.training import collate_on_device, row_losses  # noqa: E402
 
-# With the 576 image tokens and the chat template, a sample is 680-690 tokens, as in the speed goals.
+# With the 576 image tokens and the chat template, a sample is 679-684 tokens (the speed goals say ≈ 680).
 PROMPTS = [
     "Please describe what is in the image in detail and tell me how I can make one of these at home step by step. "
     "Tell me about the picture, where I can get this and what it is for, and answer with very much detail please.",

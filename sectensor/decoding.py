@@ -127,7 +127,7 @@ class _LlamaStep:
     captured every step, a cache joined anew every step). This step calls the same modules (rotary embedding,
     norms, projections, MLP) and the same attention function on the same values in the same order, so its logits
     are bit-identical to transformers' (tests/test_generation.py), at ≈ 7.6 ms; the app's side-by-side answer is
-    7–18 % faster (docs/benchmarks.md). Rows keep their own positions and padding, as in `_DynamicStep`.
+    5–18 % faster (docs/benchmarks.md). Rows keep their own positions and padding, as in `_DynamicStep`.
     """
 
     def __init__(self, language_model, lm_head, cache, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:

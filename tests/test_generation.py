@@ -1,4 +1,5 @@
-"""Streaming side-by-side answers from one batched generation, and fitting over-long prompts.
+"""Streaming side-by-side answers from one batched generation, fitting over-long prompts, and the CPU decoding
+step written out for Llama language models.
 
     python -m pytest tests/test_generation.py
 """
