@@ -83,12 +83,15 @@ def test_sampled_stream_matches_its_own_final_answers(tiny_llava, pictures, visu
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(padded):
+def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(tiny_llava, padded):
     """The CPU decoding step written out for Llama language models (`sectensor.decoding._LlamaStep`) computes
-    exactly the logits of transformers' own step, with grouped-query attention, per-row positions and padding."""
+    exactly the logits of transformers' own step, with grouped-query attention, per-row positions and padding;
+    LLaVA's language model decodes through it."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
     from sectensor.decoding import _DynamicStep, _LlamaStep
+
+    assert _LlamaStep.fits(tiny_llava.model.get_decoder())
 
     config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
