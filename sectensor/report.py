@@ -518,9 +518,12 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
                      f"(selection score {value:.1f}; `sectensor.report.score` says how it is computed).")
         best, best_value = chosen[kind]
         if best != run_dir:
-            lines.append(f"  The best-scoring run is now `{best.parent.name}/{best.name}` ({best_value:.1f}); it is not shipped, "
-                         "because docs/analysis.md, the README's pictures and the app's examples describe the shipped "
-                         "one (`--ship` replaces it).")
+            lines += [f"  The best-scoring run is now `{best.parent.name}/{best.name}` ({best_value:.1f}); it is not shipped, "
+                      "because docs/analysis.md, the README's pictures and the app's examples describe the shipped "
+                      "one (`--ship` replaces it). The two, one seed each:", "",
+                      "  " + header, "  |" + "---|" * (len(COLUMNS) + 3),
+                      "  " + _row(f"shipped: `{run_dir.parent.name}/{run_dir.name}`", [_load(run_dir)]),
+                      "  " + _row(f"best-scoring: `{best.parent.name}/{best.name}`", [_load(best)]), ""]
         plot_losses(run_dir / LOG_NAME, docs / f"losses-{kind}.png", title=f"{kind}: {run_dir.parent.name}/{run_dir.name}")
         lines.append(f"  ![loss curves per split](losses-{kind}.png)")
         if kind == "visual":
