@@ -4,6 +4,7 @@
     python bench/bench_app_cpu.py --model DIR --visual DIR --textual DIR
     python bench/bench_app_cpu.py --through-app            # also through HTTP, Gradio's queue and streaming
     python bench/bench_app_cpu.py --threads 1              # one thread count only
+    python bench/bench_app_cpu.py --compare-steps          # also with transformers' step instead of the written-out one
 
 Compares thread counts (default 1 and 2: a free CPU Space has 2 cores). Every timing streams through
 `BatchTextStreamer` in a worker thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sectensor import SecurityTensor, load_lvlm  # noqa: E402
 from sectensor.tensors import virtual_token_count  # noqa: E402
 from sectensor.data import open_image  # noqa: E402
+from sectensor.decoding import _LlamaStep  # noqa: E402
 from sectensor.generation import BatchTextStreamer, stream_side_by_side  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -51,6 +54,14 @@ def forced(lvlm, images, prompts, tensor, protect, new_tokens: int) -> int:
         pass
     worker.join()
     return len(streamer.tokens[0])
+
+
+def with_transformers_step(function):
+    """`function` run with the decoding loop's transformers step, as for families that are not Llama."""
+    def run():
+        with mock.patch.object(_LlamaStep, "fits", staticmethod(lambda language_model: False)):
+            return function()
+    return run
 
 
 def timed(functions: dict, repeats: int) -> dict:
@@ -76,6 +87,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", default="1,2", help="thread counts to compare, e.g. 1,2")
     parser.add_argument("--through-app", action="store_true", help="also time the answer through the running app")
+    parser.add_argument("--compare-steps", action="store_true",
+                        help="also time the forced rows with transformers' decoding step instead of the written-out "
+                             "Llama step (sectensor.decoding._LlamaStep), taking turns with them")
     args = parser.parse_args()
     lvlm = load_lvlm(args.model, device="cpu")
     tensors = {"δv": SecurityTensor.from_pretrained(args.visual), "δt": SecurityTensor.from_pretrained(args.textual)}
@@ -92,6 +106,9 @@ def main() -> None:
         for symbol, tensor in tensors.items():
             forced_runs[f"forced_side_by_side_{symbol}"] = (
                 lambda tensor=tensor: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True], new))
+        if args.compare_steps:
+            forced_runs.update({f"{name}_transformers_step": with_transformers_step(function)
+                                for name, function in list(forced_runs.items())})
         runs: dict = timed(forced_runs, args.repeats)
         for symbol in tensors:
             runs[f"side_by_side_over_single_{symbol}"] = round(
