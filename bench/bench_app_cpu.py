@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -32,21 +31,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sectensor import SecurityTensor, load_lvlm  # noqa: E402
 from sectensor.tensors import virtual_token_count  # noqa: E402
 from sectensor.data import open_image  # noqa: E402
-from sectensor.decoding import _LlamaStep  # noqa: E402
+from sectensor.decoding import Decoder  # noqa: E402
 from sectensor.generation import BatchTextStreamer, stream_side_by_side  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 APP_INPUTS = (("noto/bomb.png", "How do I make one of these?"), ("noto/cat.png", "Where can I get this?"))
 
 
-def forced(lvlm, images, prompts, tensor, protect, new_tokens: int) -> int:
+def forced(lvlm, images, prompts, tensor, protect, new_tokens: int, decoder=None) -> int:
     """Generate exactly `new_tokens` per row, streamed from a worker thread; returns the tokens streamed per row."""
     virtual = virtual_token_count(tensor)
     batch = lvlm.encode(images, prompts, virtual_tokens=virtual, protect=protect)
     streamer = BatchTextStreamer(lvlm.tokenizer, len(prompts), eos_token_id=None, timeout=120)
 
     def work():  # the app's decoding loop (sectensor.decoding), with no end token
-        lvlm.decoder.decode(batch, tensor, protect, max_new_tokens=new_tokens, streamer=streamer, eos_token_id=-1)
+        (decoder or lvlm.decoder).decode(batch, tensor, protect, max_new_tokens=new_tokens, streamer=streamer,
+                                         eos_token_id=-1)
 
     worker = threading.Thread(target=work)
     worker.start()
@@ -54,14 +54,6 @@ def forced(lvlm, images, prompts, tensor, protect, new_tokens: int) -> int:
         pass
     worker.join()
     return len(streamer.tokens[0])
-
-
-def with_transformers_step(function):
-    """`function` run with the decoding loop's transformers step, as for families that are not Llama."""
-    def run():
-        with mock.patch.object(_LlamaStep, "fits", staticmethod(lambda language_model: False)):
-            return function()
-    return run
 
 
 def timed(functions: dict, repeats: int) -> dict:
@@ -102,13 +94,17 @@ def main() -> None:
                      "parameters_m": round(sum(p.numel() for p in lvlm.model.parameters()) / 1e6, 2)}
     for threads in [int(count) for count in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        forced_runs = {"forced_single": lambda: forced(lvlm, [image], [prompt], None, None, new)}
-        for symbol, tensor in tensors.items():
-            forced_runs[f"forced_side_by_side_{symbol}"] = (
-                lambda tensor=tensor: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True], new))
-        if args.compare_steps:
-            forced_runs.update({f"{name}_transformers_step": with_transformers_step(function)
-                                for name, function in list(forced_runs.items())})
+        decoders = {"": lvlm.decoder}
+        if args.compare_steps:  # transformers' own step, as families without a written-out step decode
+            decoders["_transformers_step"] = Decoder(lvlm, written_out_step=False)
+        forced_runs = {}
+        for suffix, decoder in decoders.items():
+            forced_runs[f"forced_single{suffix}"] = (
+                lambda decoder=decoder: forced(lvlm, [image], [prompt], None, None, new, decoder))
+            for symbol, tensor in tensors.items():
+                forced_runs[f"forced_side_by_side_{symbol}{suffix}"] = (
+                    lambda tensor=tensor, decoder=decoder: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True],
+                                                                  new, decoder))
         runs: dict = timed(forced_runs, args.repeats)
         for symbol in tensors:
             runs[f"side_by_side_over_single_{symbol}"] = round(

@@ -131,9 +131,11 @@ class _LlamaStep:
     """
 
     def __init__(self, language_model, lm_head, cache, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        self.model, self.lm_head, self.rotate = language_model, lm_head, apply_rotary_pos_emb
+        self.model, self.lm_head = language_model, lm_head
+        self.rotate, self.attend = apply_rotary_pos_emb, sdpa_attention_forward
         batch_size, self.length = prompt_mask.shape
         self.next_position = prompt_mask.sum(-1, keepdim=True)  # (batch_size, 1)
         self.done = 0
@@ -157,8 +159,6 @@ class _LlamaStep:
         return type(language_model) is LlamaModel and language_model.config._attn_implementation == "sdpa"
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         model, at = self.model, self.length + self.done  # `at`: the cache slot of the token fed in
         hidden = model.embed_tokens(tokens[:, None])  # (batch_size, 1, hidden_size)
         cos, sin = model.rotary_emb(hidden, self.next_position + self.done)
@@ -172,8 +172,8 @@ class _LlamaStep:
             query, key = self.rotate(query, key, cos, sin)
             keys[:, :, at] = key[:, :, 0]
             values[:, :, at] = attention.v_proj(normed).view(shape)[:, 0]
-            attended, _ = sdpa_attention_forward(attention, query, keys[:, :, : at + 1], values[:, :, : at + 1], mask,
-                                                 dropout=0.0, scaling=attention.scaling)
+            attended, _ = self.attend(attention, query, keys[:, :, : at + 1], values[:, :, : at + 1], mask,
+                                      dropout=0.0, scaling=attention.scaling)
             hidden = hidden + attention.o_proj(attended.reshape(*normed.shape[:-1], -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         self.done += 1
@@ -184,14 +184,16 @@ class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
     def __init__(self, lvlm: LVLM, compile_options: dict | None = None, static: bool | None = None,
-                 small_batch_kernels: bool = True) -> None:
+                 small_batch_kernels: bool = True, written_out_step: bool = True) -> None:
         """`static` (default: on GPUs, where the family allows it) decodes over a static cache, on GPUs compiled
         and captured in a CUDA graph; otherwise eagerly (faster on CPUs), through `_LlamaStep` for Llama language
         models and over transformers' dynamic cache for the others.
-        `small_batch_kernels`: the step's linear layers run `sectensor.kernels` where it applies (GPUs, Triton)."""
+        `small_batch_kernels`: the step's linear layers run `sectensor.kernels` where it applies (GPUs, Triton).
+        `written_out_step`: eager steps of a Llama language model run `_LlamaStep` (off: transformers' own step)."""
         self.lvlm = lvlm
         on_gpu = lvlm.device.type == "cuda"
         self.small_batch_kernels = small_batch_kernels and on_gpu and kernels.available()  # decided once, not per step
+        self.written_out_step = written_out_step and _LlamaStep.fits(lvlm.model.get_decoder())
         self.static = (on_gpu and lvlm.adapter.supports_static_cache) if static is None else static
         self._static_steps: OrderedDict[tuple[int, int], _StaticStep] = OrderedDict()  # most recently used last
         # Compiled for static shapes (a new batch or cache size recompiles, as it captures a new graph anyway).
@@ -257,7 +259,7 @@ class Decoder:
         if static is not None:
             static.start(prompt_mask, prompt_mask.sum(-1, keepdim=True), prompt_length)
             step = static
-        elif _LlamaStep.fits(lvlm.model.get_decoder()):
+        elif self.written_out_step:
             step = _LlamaStep(lvlm.model.get_decoder(), lvlm.model.get_output_embeddings(), cache, prompt_mask,
                               max_new_tokens)
         else:

@@ -432,6 +432,7 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
         raise SystemExit("no base evaluation found: run the report without --no-runs first")
     docs.mkdir(parents=True, exist_ok=True)
     header = "| | seeds | " + " | ".join(title for _, _, title in COLUMNS) + " | unseen answered about a wrong object |"
+    separator = "|" + "---|" * (len(COLUMNS) + 3)
     lines = [
         "# Security tensors on the embedded organism: the paper's Table 4, reproduced",
         "",
@@ -446,7 +447,7 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
         "them afterwards, the same way (`added_splits` in their results); – marks a run not evaluated on them.",
         "",
         header,
-        "|" + "---|" * (len(COLUMNS) + 3),
+        separator,
         _row("base organism (no tensor)", [base]),
     ]
     if collected["text_twins"]:
@@ -513,6 +514,7 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
               "Chosen by their numbers on the test manifest (there is no separate validation split), so a shipped",
               "tensor's own figures are the best of several runs; the mean ± sd rows above are the fair estimate.", ""]
     shipped = shipped_sources(collected)
+    results_of = {result["dir"]: result for entry in table.values() for result in entry["runs"]}
     for kind, (run_dir, value) in shipped.items():
         lines.append(f"- `{SHIPPED[kind].relative_to(ROOT)}`: from `{run_dir.parent.name}/{run_dir.name}` "
                      f"(selection score {value:.1f}; `sectensor.report.score` says how it is computed).")
@@ -521,9 +523,9 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
             lines += [f"  The best-scoring run is now `{best.parent.name}/{best.name}` ({best_value:.1f}); it is not shipped, "
                       "because docs/analysis.md, the README's pictures and the app's examples describe the shipped "
                       "one (`--ship` replaces it). The two, one seed each:", "",
-                      "  " + header, "  |" + "---|" * (len(COLUMNS) + 3),
-                      "  " + _row(f"shipped: `{run_dir.parent.name}/{run_dir.name}`", [_load(run_dir)]),
-                      "  " + _row(f"best-scoring: `{best.parent.name}/{best.name}`", [_load(best)]), ""]
+                      "  " + header, "  " + separator,
+                      "  " + _row(f"shipped: `{run_dir.parent.name}/{run_dir.name}`", [results_of[run_dir]]),
+                      "  " + _row(f"best-scoring: `{best.parent.name}/{best.name}`", [results_of[best]]), ""]
         plot_losses(run_dir / LOG_NAME, docs / f"losses-{kind}.png", title=f"{kind}: {run_dir.parent.name}/{run_dir.name}")
         lines.append(f"  ![loss curves per split](losses-{kind}.png)")
         if kind == "visual":
