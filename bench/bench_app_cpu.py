@@ -5,6 +5,7 @@
     python bench/bench_app_cpu.py --through-app            # also through HTTP, Gradio's queue and streaming
     python bench/bench_app_cpu.py --threads 1              # one thread count only
     python bench/bench_app_cpu.py --compare-steps          # also with transformers' step instead of the written-out one
+    python bench/bench_app_cpu.py --compare-layouts        # also with linear weights in the checkpoint's layout
 
 Compares thread counts (default 1 and 2: a free CPU Space has 2 cores). Every timing streams through
 `BatchTextStreamer` in a worker thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
@@ -16,6 +17,7 @@ runs after two warm-up runs, the forced rows taking turns and the app rows takin
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -82,8 +84,21 @@ def main() -> None:
     parser.add_argument("--compare-steps", action="store_true",
                         help="also time the forced rows with transformers' decoding step instead of the written-out "
                              "Llama step (sectensor.decoding._LlamaStep), taking turns with them")
+    parser.add_argument("--compare-layouts", action="store_true",
+                        help="also time the forced rows with the linear weights laid out as checkpoints store them "
+                             "(out, in) instead of the transposed layout load_lvlm gives CPU models, taking turns")
     args = parser.parse_args()
     lvlm = load_lvlm(args.model, device="cpu")
+    linears = [module for module in lvlm.model.modules() if isinstance(module, torch.nn.Linear)]
+
+    def in_layout(weights: list, function):
+        """`function`, run with the linear layers holding `weights` (same values, another memory layout)."""
+        def run():
+            for module, weight in zip(linears, weights):
+                module.weight.data = weight
+            return function()
+        return run
+
     tensors = {"δv": SecurityTensor.from_pretrained(args.visual), "δt": SecurityTensor.from_pretrained(args.textual)}
     image = open_image(ASSETS / "images" / APP_INPUTS[0][0])
     prompt = APP_INPUTS[0][1]
@@ -97,15 +112,20 @@ def main() -> None:
         decoders = {"": lvlm.decoder}
         if args.compare_steps:  # transformers' own step, as families without a written-out step decode
             decoders["_transformers_step"] = Decoder(lvlm, written_out_step=False)
+        layouts = {"": [module.weight.data for module in linears]}
+        if args.compare_layouts:
+            layouts["_checkpoint_layout"] = [weight.contiguous() for weight in layouts[""]]
         forced_runs = {}
-        for suffix, decoder in decoders.items():
-            forced_runs[f"forced_single{suffix}"] = (
-                lambda decoder=decoder: forced(lvlm, [image], [prompt], None, None, new, decoder))
+        for (step_suffix, decoder), (layout_suffix, weights) in itertools.product(decoders.items(), layouts.items()):
+            suffix = step_suffix + layout_suffix
+            forced_runs[f"forced_single{suffix}"] = in_layout(
+                weights, lambda decoder=decoder: forced(lvlm, [image], [prompt], None, None, new, decoder))
             for symbol, tensor in tensors.items():
-                forced_runs[f"forced_side_by_side_{symbol}{suffix}"] = (
-                    lambda tensor=tensor, decoder=decoder: forced(lvlm, [image] * 2, [prompt] * 2, tensor, [False, True],
-                                                                  new, decoder))
+                forced_runs[f"forced_side_by_side_{symbol}{suffix}"] = in_layout(
+                    weights, lambda tensor=tensor, decoder=decoder: forced(lvlm, [image] * 2, [prompt] * 2, tensor,
+                                                                           [False, True], new, decoder))
         runs: dict = timed(forced_runs, args.repeats)
+        in_layout(layouts[""], lambda: None)()  # the app's rows below run as loaded
         for symbol in tensors:
             runs[f"side_by_side_over_single_{symbol}"] = round(
                 runs[f"forced_side_by_side_{symbol}"]["median_s"] / runs["forced_single"]["median_s"], 3)

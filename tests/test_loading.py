@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 
 import sectensor
 
@@ -33,3 +34,19 @@ def test_missing_local_folder():
 def test_loaded_model_is_frozen(tiny_llava):
     assert not any(p.requires_grad for p in tiny_llava.model.parameters())
     assert not tiny_llava.model.training
+
+
+def test_cpu_linear_weights_are_stored_transposed_with_the_checkpoints_values(tiny_llava, tiny_llava_dir):
+    """On CPUs every linear weight is a view of an (in, out)-contiguous tensor (faster 1–2-row products in
+    decoding), holding exactly the values transformers loads from the checkpoint."""
+    from transformers import AutoModelForImageTextToText
+
+    linears = {name: module for name, module in tiny_llava.model.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert linears
+    for name, module in linears.items():
+        assert module.weight.t().is_contiguous() and not module.weight.is_contiguous(), name
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32).state_dict()
+    ours = tiny_llava.model.state_dict()
+    assert ours.keys() == plain.keys()
+    for name, value in plain.items():
+        assert torch.equal(ours[name], value), name
