@@ -118,24 +118,60 @@ class _DynamicStep:
         return logits
 
 
+def _joined_weight(linears) -> torch.Tensor | None:
+    """The (in_features, sum of out_features) tensor whose column blocks are these layers' weights, transposed, if
+    they are stored side by side that way (`sectensor.lvlm.load_lvlm` on CPUs); else None."""
+    first = linears[0].weight
+    total = sum(linear.out_features for linear in linears)
+    offset = first.storage_offset()
+    for linear in linears:
+        weight = linear.weight
+        if (linear.bias is not None or weight.stride() != (1, total) or weight.storage_offset() != offset
+                or weight.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()):
+            return None
+        offset += linear.out_features
+    return first.as_strided((first.shape[1], total), (total, 1), first.storage_offset())
+
+
+def _projections(hidden: torch.Tensor, linears, joined: torch.Tensor | None) -> list[torch.Tensor]:
+    """Each linear layer applied to `hidden`: one product over the joined weight where there is one."""
+    if joined is None:
+        return [linear(hidden) for linear in linears]
+    return list((hidden @ joined).split([linear.out_features for linear in linears], -1))
+
+
+def _rms_norm(norm, hidden: torch.Tensor) -> torch.Tensor:
+    """`LlamaRMSNorm.forward`, the same operations without the module call."""
+    variance = hidden.float().pow(2).mean(-1, keepdim=True)
+    return norm.weight * (hidden.float() * torch.rsqrt(variance + norm.variance_epsilon)).to(hidden.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 class _LlamaStep:
     """One decoding step of a Llama language model (LLaVA's, SmolVLM's) written out over key-value buffers sized
     for the whole answer; used where the step is not a CUDA graph, as on CPUs.
 
     Why: on a CPU, transformers' step for the organism (4 layers × 384) costs ≈ 8.4 ms for two rows, of which the
     products are ≈ 5.7 ms: much of the rest is Python around them (module wrappers, a mask built and the outputs
-    captured every step, a cache joined anew every step). This step calls the same modules (rotary embedding,
-    norms, projections, MLP) and the same attention function on the same values in the same order, so its logits
-    are bit-identical to transformers' (tests/test_generation.py), at ≈ 7.6 ms; the app's side-by-side answer is
-    5–18 % faster (docs/benchmarks.md). Rows keep their own positions and padding, as in `_DynamicStep`.
+    captured every step, a cache joined anew every step). This step runs the same operations on the same values
+    in the same order, and the same attention function, so its logits are bit-identical to transformers'
+    (tests/test_generation.py); q, k and v (and gate and up) are one product where `load_lvlm` stored their weights
+    side by side, and queries and keys are rotated together. Rows keep their own positions and padding, as in
+    `_DynamicStep`.
     """
 
     def __init__(self, language_model, lm_head, cache, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         self.model, self.lm_head = language_model, lm_head
-        self.rotate, self.attend = apply_rotary_pos_emb, sdpa_attention_forward
+        self.attend = sdpa_attention_forward
+        self.layers = language_model.layers[: language_model.config.num_hidden_layers]
+        self.joined = [(_joined_weight([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+                        _joined_weight([layer.mlp.gate_proj, layer.mlp.up_proj])) for layer in self.layers]
         batch_size, self.length = prompt_mask.shape
         self.next_position = prompt_mask.sum(-1, keepdim=True)  # (batch_size, 1)
         self.done = 0
@@ -161,23 +197,27 @@ class _LlamaStep:
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         model, at = self.model, self.length + self.done  # `at`: the cache slot of the token fed in
         hidden = model.embed_tokens(tokens[:, None])  # (batch_size, 1, hidden_size)
-        cos, sin = model.rotary_emb(hidden, self.next_position + self.done)
+        cos, sin = model.rotary_emb(hidden, self.next_position + self.done)  # (batch_size, 1, head_dim)
+        cos, sin = cos[:, None], sin[:, None]
         mask = self.mask[..., : at + 1] if self.mask is not None else None
-        for layer, keys, values in zip(model.layers[: model.config.num_hidden_layers], self.keys, self.values):
-            attention = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            shape = (*normed.shape[:-1], -1, attention.head_dim)  # (batch_size, 1, heads, head_dim)
-            query = attention.q_proj(normed).view(shape).transpose(1, 2)
-            key = attention.k_proj(normed).view(shape).transpose(1, 2)
-            query, key = self.rotate(query, key, cos, sin)
-            keys[:, :, at] = key[:, :, 0]
-            values[:, :, at] = attention.v_proj(normed).view(shape)[:, 0]
-            attended, _ = self.attend(attention, query, keys[:, :, : at + 1], values[:, :, : at + 1], mask,
-                                      dropout=0.0, scaling=attention.scaling)
+        for layer, keys, values, (qkv, gate_up) in zip(self.layers, self.keys, self.values, self.joined):
+            attention, mlp = layer.self_attn, layer.mlp
+            normed = _rms_norm(layer.input_layernorm, hidden)
+            query, key, value = _projections(normed, (attention.q_proj, attention.k_proj, attention.v_proj), qkv)
+            heads = query.shape[-1] // attention.head_dim
+            # Queries and keys rotated together: (batch_size, heads + kv_heads, 1, head_dim).
+            rotating = torch.cat((query, key), -1).view(*normed.shape[:-1], -1, attention.head_dim).transpose(1, 2)
+            rotated = rotating * cos + _rotate_half(rotating) * sin
+            keys[:, :, at] = rotated[:, heads:, 0]
+            values[:, :, at] = value.view(*normed.shape[:-1], -1, attention.head_dim)[:, 0]
+            attended, _ = self.attend(attention, rotated[:, :heads], keys[:, :, : at + 1], values[:, :, : at + 1],
+                                      mask, dropout=0.0, scaling=attention.scaling)
             hidden = hidden + attention.o_proj(attended.reshape(*normed.shape[:-1], -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            gate, up = _projections(_rms_norm(layer.post_attention_layernorm, hidden), (mlp.gate_proj, mlp.up_proj),
+                                    gate_up)
+            hidden = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
         self.done += 1
-        return self.lm_head(model.norm(hidden)[:, -1]).float()
+        return self.lm_head(_rms_norm(model.norm, hidden)[:, -1]).float()
 
 
 class Decoder:

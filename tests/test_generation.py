@@ -83,13 +83,16 @@ def test_sampled_stream_matches_its_own_final_answers(tiny_llava, pictures, visu
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(tiny_llava, padded):
+@pytest.mark.parametrize("cpu_layout", [False, True])
+def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(tiny_llava, padded, cpu_layout):
     """The CPU decoding step written out for Llama language models (`sectensor.decoding._LlamaStep`) computes
-    exactly the logits of transformers' own step, with grouped-query attention, per-row positions and padding;
-    LLaVA's language model decodes through it."""
+    exactly the logits of transformers' own step, with grouped-query attention, per-row positions and padding,
+    with weights as checkpoints store them and as `load_lvlm` lays them out on CPUs (transposed, q/k/v and
+    gate/up side by side, multiplied in one product); LLaVA's language model decodes through it."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    from sectensor.decoding import _DynamicStep, _LlamaStep
+    from sectensor.decoding import _DynamicStep, _joined_weight, _LlamaStep
+    from sectensor.lvlm import _store_linear_weights_transposed
 
     assert _LlamaStep.fits(tiny_llava.model.get_decoder())
 
@@ -100,6 +103,10 @@ def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(tiny_llava
     model = LlamaForCausalLM(config).eval()
     language_model, head = model.get_decoder(), model.get_output_embeddings()
     assert _LlamaStep.fits(language_model)
+    if cpu_layout:
+        _store_linear_weights_transposed(model)
+    mlp = language_model.layers[0].mlp
+    assert (_joined_weight([mlp.gate_proj, mlp.up_proj]) is not None) == cpu_layout
     prompt_ids = torch.randint(1, 97, (2, 9))
     prompt_mask = torch.ones_like(prompt_ids)
     if padded:

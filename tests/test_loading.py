@@ -37,14 +37,21 @@ def test_loaded_model_is_frozen(tiny_llava):
 
 
 def test_cpu_linear_weights_are_stored_transposed_with_the_checkpoints_values(tiny_llava, tiny_llava_dir):
-    """On CPUs every linear weight is a view of an (in, out)-contiguous tensor (faster 1–2-row products in
-    decoding), holding exactly the values transformers loads from the checkpoint."""
+    """On CPUs every linear weight is a view of an (in, out)-row-major tensor (faster 1–2-row products in
+    decoding), q/k/v and gate/up side by side in one, holding exactly the values transformers loads from the
+    checkpoint."""
     from transformers import AutoModelForImageTextToText
+
+    from sectensor.decoding import _joined_weight
 
     linears = {name: module for name, module in tiny_llava.model.named_modules() if isinstance(module, torch.nn.Linear)}
     assert linears
     for name, module in linears.items():
-        assert module.weight.t().is_contiguous() and not module.weight.is_contiguous(), name
+        assert module.weight.stride(0) == 1 and module.weight.stride(1) >= module.weight.shape[0], name
+    for layer in tiny_llava.model.get_decoder().layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        assert _joined_weight([attention.q_proj, attention.k_proj, attention.v_proj]) is not None
+        assert _joined_weight([mlp.gate_proj, mlp.up_proj]) is not None
     plain = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32).state_dict()
     ours = tiny_llava.model.state_dict()
     assert ours.keys() == plain.keys()
