@@ -404,7 +404,7 @@ def _is_local(name_or_path: str) -> bool:
 _JOINED_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # siblings reading one input
 
 
-def _store_linear_weights_transposed(model: torch.nn.Module) -> None:
+def _lay_out_weights_for_cpu(model: torch.nn.Module) -> None:
     """Keep every linear layer's weight (out_features, in_features) as a view of an (in_features, out_features)
     contiguous tensor, and the weights of sibling projections that read the same input (q, k and v; gate and up)
     side by side in one (in_features, sum of out_features) tensor. The values do not change.
@@ -460,7 +460,7 @@ def load_lvlm(
             name, revision=revision, dtype=dtype, attn_implementation="sdpa"
         ).to(device)
         if device.type == "cpu":
-            _store_linear_weights_transposed(model)
+            _lay_out_weights_for_cpu(model)
         processor = AutoProcessor.from_pretrained(name, revision=revision)
     except SectensorError:
         raise

@@ -92,7 +92,7 @@ def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(tiny_llava
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
     from sectensor.decoding import _DynamicStep, _joined_weight, _LlamaStep
-    from sectensor.lvlm import _store_linear_weights_transposed
+    from sectensor.lvlm import _lay_out_weights_for_cpu
 
     assert _LlamaStep.fits(tiny_llava.model.get_decoder())
 
@@ -104,7 +104,7 @@ def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(tiny_llava
     language_model, head = model.get_decoder(), model.get_output_embeddings()
     assert _LlamaStep.fits(language_model)
     if cpu_layout:
-        _store_linear_weights_transposed(model)
+        _lay_out_weights_for_cpu(model)
     mlp = language_model.layers[0].mlp
     assert (_joined_weight([mlp.gate_proj, mlp.up_proj]) is not None) == cpu_layout
     prompt_ids = torch.randint(1, 97, (2, 9))
