@@ -155,12 +155,12 @@ class _LlamaStep:
     """One decoding step of a Llama language model (LLaVA's, SmolVLM's) written out over key-value buffers sized
     for the whole answer; used where the step is not a CUDA graph, as on CPUs.
 
-    Why: on a CPU, transformers' step for the organism (4 layers × 384) costs ≈ 8.4 ms for two rows, of which the
-    products are ≈ 5.7 ms: much of the rest is Python around them (module wrappers, a mask built and the outputs
-    captured every step, a cache joined anew every step). This step runs the same operations on the same values
-    in the same order, and the same attention function, so its logits are bit-identical to transformers'
-    (tests/test_generation.py); q, k and v (and gate and up) are one product where `load_lvlm` stored their weights
-    side by side, and queries and keys are rotated together. Rows keep their own positions and padding, as in
+    Why: on a CPU, much of transformers' step for a small model (the organism: 4 layers × 384) that is not matrix
+    products is Python around them: module wrappers, a mask built and the outputs captured every step, a cache
+    joined anew every step. This step runs the same operations on the same values in the same order, and the same
+    attention function, so its logits are bit-identical to transformers' (tests/test_generation.py); q, k and v
+    (and gate and up) are one product where `load_lvlm` stored their weights side by side, and queries and keys
+    are rotated together. Timings: docs/benchmarks.md. Rows keep their own positions and padding, as in
     `_DynamicStep`.
     """
 
