@@ -86,7 +86,8 @@ def main() -> None:
                              "Llama step (sectensor.decoding._LlamaStep), taking turns with them")
     parser.add_argument("--compare-layouts", action="store_true",
                         help="also time the forced rows with the linear weights laid out as checkpoints store them "
-                             "(out, in) instead of the transposed layout load_lvlm gives CPU models, taking turns")
+                             "(out, in), each on its own, instead of the layout load_lvlm gives CPU models (transposed; "
+                             "q/k/v and gate/up side by side), taking turns")
     args = parser.parse_args()
     lvlm = load_lvlm(args.model, device="cpu")
     linears = [module for module in lvlm.model.modules() if isinstance(module, torch.nn.Linear)]
