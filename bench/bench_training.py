@@ -108,6 +108,8 @@ def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", comp
     for step in range(steps):
         start = time.perf_counter()
         batch = upcoming
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # as train.py's loop
         loss = row_losses(lvlm, batch, tensor).mean()
         optimizer.zero_grad()
         loss.backward()

@@ -378,7 +378,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     else:
         device = torch.device(config.device) if config.device else (lvlm.device if lvlm is not None else None)
     lvlm = lvlm or load_lvlm(config.model, device=device, dtype=config.dtype)
-    if config.compile and lvlm.device.type == "cuda":
+    compiled = config.compile and lvlm.device.type == "cuda"
+    if compiled:
         lvlm.compile_blocks()  # fused blocks: about 1.3x the samples/s and less memory (docs/benchmarks.md)
     device = lvlm.device
     output_dir = Path(config.output_dir)
@@ -436,6 +437,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     for step in range(start_step, total_steps):
         epoch = step // steps_per_epoch
         rows, whole_batch_size, batch = upcoming
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # the compiled vision tower's CUDA graphs start a new step
         losses = row_losses(lvlm, batch, tensor, kl[rows])
         # Sum over this process's rows, scaled so that averaging the gradients over processes gives the mean over
         # the whole batch even when processes got different numbers of rows.

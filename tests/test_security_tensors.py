@@ -85,6 +85,22 @@ def test_answer_logits_match_full_forward(tiny_llava, pictures):
     assert rows.tolist() == sorted(rows.tolist()) and set(rows.tolist()) == {0, 1}
 
 
+def test_last_mlp_runs_only_where_answers_are_predicted(tiny_llava, pictures):
+    """answer_logits runs the language model's last MLP only at the positions that predict answer tokens (the
+    only ones that reach the loss), and every other forward runs it everywhere."""
+    batch = tiny_llava.encode(pictures[:2], PROMPTS[:2], answers=["I cannot help with that.", "A red cat."])
+    seen = []
+    last_mlp = tiny_llava.model.get_decoder().layers[-1].mlp
+    handle = last_mlp.down_proj.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[:-1]))
+    try:
+        tiny_llava.answer_logits(batch)
+        logits(tiny_llava, batch)
+    finally:
+        handle.remove()
+    answer_tokens = int(batch.target_mask.sum())
+    assert seen == [torch.Size([answer_tokens]), batch.input_ids.shape]
+
+
 def test_visual_tensor_is_clamped(tiny_llava):
     tensor = VisualSecurityTensor(torch.full(tiny_llava.adapter.visual_shape(), 5.0), threshold=0.5)
     assert tensor.clamped().max() == 0.5
