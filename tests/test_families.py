@@ -172,8 +172,12 @@ def test_gradients_reach_the_tensor_only(lvlm, kind):
 
 @pytest.mark.parametrize("kind", ["visual", "textual"])
 def test_fast_training_path_matches_a_straightforward_forward(lvlm, kind):
-    """answer_logits (right padding without a mask; for δt a frozen prefix run once) gives the loss and the
-    gradient of a plain forward over the left-padded batch with full logits."""
+    """answer_logits (right padding without a mask; for δt a frozen prefix run once; the last MLP only where
+    answers are predicted) gives the loss and the gradient of a plain forward over the left-padded batch with full
+    logits."""
+    from sectensor.lvlm import _AtPositions, _last_mlp_of
+
+    assert isinstance(_last_mlp_of(lvlm.model), _AtPositions)
     slots = 3 if kind == "textual" else 0
     tensor = random_visual(lvlm, scale=0.5) if kind == "visual" else TextualSecurityTensor(
         torch.randn(slots, lvlm.hidden_size, generator=torch.Generator().manual_seed(2)), model_fingerprint(lvlm))
