@@ -139,6 +139,25 @@ def _recipes() -> list[Recipe]:
                                TRAINING_TWIN, ("--max-steps", "300", "--batch-size", "16", "--lr", "5e-3", "--augment",
                                                "--benign-loss", "kl", *splits), True))
     visual_strong = _override(visual_improved, ("--epochs", "40", *strong))
+    text_rows = (*PAPER_BUDGET, "--augment")
+    text_rows_b16 = ("--epochs", "10", "--batch-size", "16", "--augment")
+    text_rows_lr = _override(text_rows, ("--lr", "16e-4"))
+    text_rows_label = "δt, reworded requests + augmentation + text-only requests"
+    text_rows_variants = {  # name suffix -> (label suffix, flags)
+        "": ("", text_rows),
+        "-batch-16": (", batch 16 for 10 epochs", text_rows_b16),
+        "-batch-16-gb-x2": (", batch 16 for 10 epochs, GB rows weighted 2",
+                            _override(text_rows_b16, ("--split-weights", "SA=1", "TCB=1", "GB=2"))),
+        "-batch-16-benign-x2": (", batch 16 for 10 epochs, TCB and GB rows weighted 2",
+                                _override(text_rows_b16, ("--split-weights", "SA=1", "TCB=2", "GB=2"))),
+        "-lr16e-4": (", lr 16e-4", text_rows_lr),
+        "-lr16e-4-gb-x3": (", lr 16e-4, GB rows weighted 3",
+                           _override(text_rows_lr, ("--split-weights", "SA=1", "TCB=1", "GB=3"))),
+        "-lr16e-4-benign-x2": (", lr 16e-4, TCB and GB rows weighted 2",
+                               _override(text_rows_lr, ("--split-weights", "SA=1", "TCB=2", "GB=2"))),
+        "-batch-16-lr4e-4": (", batch 16 for 10 epochs, lr 4e-4", _override(text_rows_b16, ("--lr", "4e-4"))),
+        "-sa-x2": (", SA rows weighted 2", _override(text_rows, ("--split-weights", "SA=2", "TCB=1", "GB=1"))),
+    }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
         Recipe("textual-described-fp32", "textual", "δt, paper recipe on the described data, float32 weights",
@@ -165,34 +184,8 @@ def _recipes() -> list[Recipe]:
                TRAINING_TWIN, _override(visual_strong, ("--split-weights", "SA=5", "TCB=1", "GB=1"))),
         Recipe("visual-strong-threshold-3", "visual", "δv, improved with 40 epochs, SA rows weighted 3, clamp ±3",
                TRAINING_TWIN, _override(visual_strong, ("--threshold", "3"))),
-        Recipe("textual-text-rows", "textual", "δt, reworded requests + augmentation + text-only requests", TRAINING_TEXT,
-               (*PAPER_BUDGET, "--augment")),
-        Recipe("textual-text-rows-batch-16", "textual",
-               "δt, reworded requests + augmentation + text-only requests, batch 16 for 10 epochs", TRAINING_TEXT,
-               ("--epochs", "10", "--batch-size", "16", "--augment")),
-        Recipe("textual-text-rows-batch-16-gb-x2", "textual",
-               "δt, reworded requests + augmentation + text-only requests, batch 16 for 10 epochs, GB rows weighted 2",
-               TRAINING_TEXT, ("--epochs", "10", "--batch-size", "16", "--augment", "--split-weights", "SA=1", "TCB=1",
-                               "GB=2")),
-        Recipe("textual-text-rows-batch-16-benign-x2", "textual",
-               "δt, reworded requests + augmentation + text-only requests, batch 16 for 10 epochs, TCB and GB rows "
-               "weighted 2", TRAINING_TEXT, ("--epochs", "10", "--batch-size", "16", "--augment", "--split-weights",
-                                             "SA=1", "TCB=2", "GB=2")),
-        Recipe("textual-text-rows-lr16e-4", "textual",
-               "δt, reworded requests + augmentation + text-only requests, lr 16e-4", TRAINING_TEXT,
-               (*PAPER_BUDGET, "--augment", "--lr", "16e-4")),
-        Recipe("textual-text-rows-lr16e-4-gb-x3", "textual",
-               "δt, reworded requests + augmentation + text-only requests, lr 16e-4, GB rows weighted 3", TRAINING_TEXT,
-               (*PAPER_BUDGET, "--augment", "--lr", "16e-4", "--split-weights", "SA=1", "TCB=1", "GB=3")),
-        Recipe("textual-text-rows-lr16e-4-benign-x2", "textual",
-               "δt, reworded requests + augmentation + text-only requests, lr 16e-4, TCB and GB rows weighted 2",
-               TRAINING_TEXT, (*PAPER_BUDGET, "--augment", "--lr", "16e-4", "--split-weights", "SA=1", "TCB=2", "GB=2")),
-        Recipe("textual-text-rows-batch-16-lr4e-4", "textual",
-               "δt, reworded requests + augmentation + text-only requests, batch 16 for 10 epochs, lr 4e-4",
-               TRAINING_TEXT, ("--epochs", "10", "--batch-size", "16", "--augment", "--lr", "4e-4")),
-        Recipe("textual-text-rows-sa-x2", "textual",
-               "δt, reworded requests + augmentation + text-only requests, SA rows weighted 2", TRAINING_TEXT,
-               (*PAPER_BUDGET, "--augment", "--split-weights", "SA=2", "TCB=1", "GB=1")),
+        *[Recipe(f"textual-text-rows{name}", "textual", f"{text_rows_label}{label}", TRAINING_TEXT, flags)
+          for name, (label, flags) in text_rows_variants.items()],
         Recipe("textual-varied-requests-augment-sa-x2", "textual",
                "δt, varied data with reworded requests + augmentation, SA rows weighted 2", TRAINING_VARIED_REQUESTS,
                (*PAPER_BUDGET, "--augment", "--split-weights", "SA=2", "TCB=1", "GB=1")),
