@@ -140,17 +140,6 @@ def _projections(hidden: torch.Tensor, linears, joined: torch.Tensor | None) -> 
     return list((hidden @ joined).split([linear.out_features for linear in linears], -1))
 
 
-def _rms_norm(norm, hidden: torch.Tensor) -> torch.Tensor:
-    """`LlamaRMSNorm.forward`, the same operations without the module call."""
-    variance = hidden.float().pow(2).mean(-1, keepdim=True)
-    return norm.weight * (hidden.float() * torch.rsqrt(variance + norm.variance_epsilon)).to(hidden.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class _LlamaStep:
     """One decoding step of a Llama language model (LLaVA's, SmolVLM's) written out over key-value buffers sized
     for the whole answer; used where the step is not a CUDA graph, as on CPUs.
@@ -166,9 +155,10 @@ class _LlamaStep:
 
     def __init__(self, language_model, lm_head, cache, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.models.llama.modeling_llama import rotate_half
 
         self.model, self.lm_head = language_model, lm_head
-        self.attend = sdpa_attention_forward
+        self.attend, self.rotate_half = sdpa_attention_forward, rotate_half
         self.layers = language_model.layers[: language_model.config.num_hidden_layers]
         self.joined = [(_joined_weight([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
                         _joined_weight([layer.mlp.gate_proj, layer.mlp.up_proj])) for layer in self.layers]
@@ -202,22 +192,21 @@ class _LlamaStep:
         mask = self.mask[..., : at + 1] if self.mask is not None else None
         for layer, keys, values, (qkv, gate_up) in zip(self.layers, self.keys, self.values, self.joined):
             attention, mlp = layer.self_attn, layer.mlp
-            normed = _rms_norm(layer.input_layernorm, hidden)
+            normed = layer.input_layernorm(hidden)
             query, key, value = _projections(normed, (attention.q_proj, attention.k_proj, attention.v_proj), qkv)
             heads = query.shape[-1] // attention.head_dim
             # Queries and keys rotated together: (batch_size, heads + kv_heads, 1, head_dim).
             rotating = torch.cat((query, key), -1).view(*normed.shape[:-1], -1, attention.head_dim).transpose(1, 2)
-            rotated = rotating * cos + _rotate_half(rotating) * sin
+            rotated = rotating * cos + self.rotate_half(rotating) * sin
             keys[:, :, at] = rotated[:, heads:, 0]
             values[:, :, at] = value.view(*normed.shape[:-1], -1, attention.head_dim)[:, 0]
             attended, _ = self.attend(attention, rotated[:, :heads], keys[:, :, : at + 1], values[:, :, : at + 1],
                                       mask, dropout=0.0, scaling=attention.scaling)
             hidden = hidden + attention.o_proj(attended.reshape(*normed.shape[:-1], -1))
-            gate, up = _projections(_rms_norm(layer.post_attention_layernorm, hidden), (mlp.gate_proj, mlp.up_proj),
-                                    gate_up)
+            gate, up = _projections(layer.post_attention_layernorm(hidden), (mlp.gate_proj, mlp.up_proj), gate_up)
             hidden = hidden + mlp.down_proj(mlp.act_fn(gate) * up)
         self.done += 1
-        return self.lm_head(_rms_norm(model.norm, hidden)[:, -1]).float()
+        return self.lm_head(model.norm(hidden)[:, -1]).float()
 
 
 class Decoder:
