@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -136,6 +136,7 @@ class LVLM:
         model.eval()
         model.requires_grad_(False)
         _mix_in_positions(self.model)
+        self.blocks_compiled = False  # `compile_blocks`
 
     @contextmanager
     def _last_mlp_only_at(self, rows: torch.Tensor, columns: torch.Tensor) -> Iterator[None]:
@@ -325,13 +326,26 @@ class LVLM:
 
         prefix, suffix = batch.columns(0, split), batch.columns(split, None, with_images=False)
         cache = {self.cache_keyword: DynamicCache(config=self.model.config)}
-        with torch.no_grad(), self.model_inputs(prefix) as inputs:
-            inputs.pop("attention_mask")
-            self.model.model(**inputs, **cache, use_cache=True)
-        positions = torch.arange(split, batch.input_ids.shape[1], device=self.device)
-        with self.model_inputs(suffix, tensor) as inputs, self._last_mlp_only_at(rows, columns):
-            inputs.pop("attention_mask")
-            return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
+        with self._compiled_per_layer():
+            with torch.no_grad(), self.model_inputs(prefix) as inputs:
+                inputs.pop("attention_mask")
+                self.model.model(**inputs, **cache, use_cache=True)
+            positions = torch.arange(split, batch.input_ids.shape[1], device=self.device)
+            with self.model_inputs(suffix, tensor) as inputs, self._last_mlp_only_at(rows, columns):
+                inputs.pop("attention_mask")
+                return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
+
+    def _compiled_per_layer(self):
+        """Lets compiled blocks (`compile_blocks`) compile once per layer while they read or fill a key-value cache.
+
+        All blocks share one code object, and indexing the cache by layer specialises it on the layer: each such pass
+        needs one compiled version per layer. Past dynamo's limit (8 by default) blocks would quietly run eagerly.
+        """
+        if not self.blocks_compiled:
+            return nullcontext()
+        layers = self.model.config.get_text_config().num_hidden_layers
+        limit = max(torch._dynamo.config.recompile_limit, 2 * layers + 16)  # prefix and suffix pass, and the rest
+        return torch._dynamo.config.patch(recompile_limit=limit)
 
     @torch.no_grad()
     def generate(
@@ -389,6 +403,7 @@ class LVLM:
         """
         from transformers.modeling_layers import GradientCheckpointingLayer
 
+        self.blocks_compiled = True
         name = self.adapter.whole_vision_tower
         vision = getattr(getattr(self.model, "model", self.model), name) if name else None
         whole = set(vision.modules()) if vision is not None else set()

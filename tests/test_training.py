@@ -137,6 +137,37 @@ def test_kl_is_zero_at_the_base_model_and_positive_away_from_it(tiny_llava, mani
     assert (away[kl_rows] > 1e-6).all()
 
 
+def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers(tmp_path, pictures, monkeypatch):
+    """δt's frozen-prefix pass fills a key-value cache and the next pass reads it. Indexing the cache by layer
+    specialises the blocks' shared compiled code on the layer, so each pass needs a compiled version per layer: with
+    more layers than dynamo's default limit of 8 allows, the blocks must still run compiled (not quietly eagerly),
+    with the eager model's loss and gradient. Dynamo alone (no inductor): which code runs compiled is the question."""
+    import torch._dynamo
+    from tiny_models import build_tiny_llava
+
+    lvlm = sectensor.load_lvlm(build_tiny_llava(tmp_path, text_layers=6), device="cpu")
+    tensor = TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=3)
+    batch = lvlm.encode(pictures[:2], SA_PROMPTS, answers=[REFUSAL, "A picture."], virtual_tokens=3)
+    eager = row_losses(lvlm, batch, tensor)
+    (eager_grad,) = torch.autograd.grad(eager.sum(), tensor.delta)
+
+    real_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda module, **options: real_compile(module, backend="eager", dynamic=options.get("dynamic")))
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    lvlm.compile_blocks()
+    try:
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            compiled = row_losses(lvlm, batch, tensor)
+            (compiled_grad,) = torch.autograd.grad(compiled.sum(), tensor.delta)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+    finally:
+        torch._dynamo.reset()
+    assert graphs >= 2 * 6, f"only {graphs} compiled graphs: the blocks did not compile for each layer of each pass"
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-6, rtol=1e-4)
+
+
 def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
     unbroken = train(config(manifest, tmp_path / "unbroken", kind="visual", augment=True, lr=0.05), lvlm=tiny_llava)
 

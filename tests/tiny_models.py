@@ -48,7 +48,8 @@ def build_tokenizer(vocab_size: int = 300):
     return fast
 
 
-def build_tiny_llava(directory: Path, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> Path:
+def build_tiny_llava(directory: Path, image_size: int = 32, patch_size: int = 8, seed: int = 0,
+                     text_layers: int = 2) -> Path:
     """A random LlavaForConditionalGeneration (about 0.2 M parameters) with an offline processor, saved to `directory`."""
     from transformers import (
         CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
@@ -61,7 +62,7 @@ def build_tiny_llava(directory: Path, image_size: int = 32, patch_size: int = 8,
         image_size=image_size, patch_size=patch_size, projection_dim=32,
     )
     text = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers, num_attention_heads=2, num_key_value_heads=2,
         vocab_size=len(tokenizer), max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
