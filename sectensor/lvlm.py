@@ -136,7 +136,7 @@ class LVLM:
         model.eval()
         model.requires_grad_(False)
         _mix_in_positions(self.model)
-        self.blocks_compiled = False  # `compile_blocks`
+        self.blocks_compiled = False  # within `compiled_blocks`
 
     @contextmanager
     def _last_mlp_only_at(self, rows: torch.Tensor, columns: torch.Tensor) -> Iterator[None]:
@@ -336,7 +336,7 @@ class LVLM:
                 return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
 
     def _compiled_per_layer(self):
-        """Lets compiled blocks (`compile_blocks`) compile once per layer while they read or fill a key-value cache.
+        """Lets compiled blocks (`compiled_blocks`) compile once per layer while they read or fill a key-value cache.
 
         All blocks share one code object, and indexing the cache by layer specialises it on the layer: each such pass
         needs one compiled version per layer. Past dynamo's limit (8 by default) blocks would quietly run eagerly.
@@ -392,26 +392,40 @@ class LVLM:
             self._decoder = Decoder(self)
         return self._decoder
 
-    def compile_blocks(self) -> None:
-        """Compile the model for training on GPUs with `torch.compile`: every language-model block on its own, with
-        dynamic sequence lengths, so that a new batch length does not recompile and the tensor's hooks and the
-        model's top-level code stay eager; the vision tower as one graph where the family allows it, replayed as
+    @contextmanager
+    def compiled_blocks(self) -> Iterator[None]:
+        """Within: the model compiled for training on GPUs with `torch.compile`. Every language-model block on its
+        own, with dynamic sequence lengths, so that a new batch length does not recompile and the tensor's hooks and
+        the model's top-level code stay eager; the vision tower as one graph where the family allows it, replayed as
         CUDA graphs (one per number of pictures; a training loop calls `torch.compiler.cudagraph_mark_step_begin`
         every step), else block by block. Fusing each block's normalisations, activations and rotary embeddings
         saves memory traffic and activation memory; one graph for the vision tower, replayed, keeps its many small
         kernels from waiting on Python.
+
+        On exit the model runs its own code again, so generation (base answers, evaluation) never meets compiled
+        blocks: its prefill would make them compile again, layer by layer, until dynamo's limit turns them eager.
+        Compiled code is kept: entering again compiles nothing new.
         """
         from transformers.modeling_layers import GradientCheckpointingLayer
 
-        self.blocks_compiled = True
         name = self.adapter.whole_vision_tower
         vision = getattr(getattr(self.model, "model", self.model), name) if name else None
         whole = set(vision.modules()) if vision is not None else set()
+        compiled = []
         if vision is not None and vision._compiled_call_impl is None:
             vision.compile(mode="reduce-overhead")
+            compiled.append(vision)
         for module in self.model.modules():
             if isinstance(module, GradientCheckpointingLayer) and module not in whole and module._compiled_call_impl is None:
                 module.compile(dynamic=True)
+                compiled.append(module)
+        was_compiled, self.blocks_compiled = self.blocks_compiled, True
+        try:
+            yield
+        finally:
+            for module in compiled:
+                module._compiled_call_impl = None
+            self.blocks_compiled = was_compiled
 
     def _decoding_cache(self, length: int) -> dict:
         """On a GPU, a static key-value cache: `generate` then compiles the one-token decoding step (the prompt's

@@ -30,6 +30,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,8 +380,6 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
         device = torch.device(config.device) if config.device else (lvlm.device if lvlm is not None else None)
     lvlm = lvlm or load_lvlm(config.model, device=device, dtype=config.dtype)
     compiled = config.compile and lvlm.device.type == "cuda"
-    if compiled:
-        lvlm.compile_blocks()  # fused blocks: about 1.3x the samples/s and less memory (docs/benchmarks.md)
     device = lvlm.device
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -433,67 +432,70 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
                                                                 _generator(config.seed, step, rank))
         return rows, len(whole), batch
 
-    upcoming = prepare(start_step) if start_step < total_steps else None
-    for step in range(start_step, total_steps):
-        epoch = step // steps_per_epoch
-        rows, whole_batch_size, batch = upcoming
-        if compiled:
-            torch.compiler.cudagraph_mark_step_begin()  # the compiled vision tower's CUDA graphs start a new step
-        losses = row_losses(lvlm, batch, tensor, kl[rows])
-        # Sum over this process's rows, scaled so that averaging the gradients over processes gives the mean over
-        # the whole batch even when processes got different numbers of rows.
-        loss = (weights[rows].to(device) * losses).sum() * world / whole_batch_size
-        optimizer.zero_grad(set_to_none=False)
-        loss.backward()
-        if step + 1 < total_steps:  # collate the next batch while the GPU still runs this backward pass
-            upcoming = prepare(step + 1)
-        split_sums = _split_sums(losses.detach(), [examples[index].split for index in rows])
-        if world > 1:  # average δ gradients and gather the numbers that are logged
-            torch.distributed.all_reduce(tensor.delta.grad)
-            tensor.delta.grad /= world
-            torch.distributed.all_reduce(split_sums)
-            loss_value = split_sums[0].sum() / split_sums[1].sum().clamp(min=1)
-        else:
-            loss_value = loss.detach()
-        # One read-back a step: per-split sums and counts, the loss, and whether the gradient is finite.
-        numbers = torch.cat([split_sums.flatten(), loss_value.float().reshape(1),
-                             torch.isfinite(tensor.delta.grad).all().float().reshape(1)]).tolist()
-        sums, counts, loss_number, gradient_ok = numbers[0:3], numbers[3:6], numbers[6], numbers[7] == 1.0
-        if not all(math.isfinite(value) for value in sums):
-            raise _diverged(f"the loss became {loss_number}", step, epoch, checkpoint_path, config)
-        # A finite loss with a non-finite gradient happens now and then with bfloat16 weights on GPUs: skip that
-        # update, as mixed-precision training does; many in a row mean the run has diverged.
-        skipped_in_a_row = 0 if gradient_ok else skipped_in_a_row + 1
-        skipped += not gradient_ok
-        if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            raise _diverged(f"the gradient was not finite {skipped_in_a_row} steps in a row", step, epoch,
-                            checkpoint_path, config)
-        if gradient_ok:
-            optimizer.step()
-        if isinstance(tensor, VisualSecurityTensor):
-            tensor.project_()
-        saving = (step + 1) % config.save_every == 0 or step + 1 == total_steps
-        # Checked before a checkpoint, which must stay good (between checkpoints a non-finite tensor shows up as a
-        # non-finite loss at the next step).
-        if saving and not torch.isfinite(tensor.delta).all():
-            raise _diverged("the tensor's values overflowed", step, epoch, checkpoint_path, config)
-        record = {"step": step + 1, "epoch": epoch + 1, "loss": loss_number, "lr": config.lr,
-                  "seconds": round(time.perf_counter() - started, 3), **({} if gradient_ok else {"skipped": True})}
-        for index, split in enumerate(("SA", "TCB", "GB")):
-            if counts[index] > 0:
-                record[split] = sums[index] / counts[index]
-                running[split] = record[split] if split not in running else 0.9 * running[split] + 0.1 * record[split]
-        if state.is_main_process:
-            with open(log_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if saving:
-                save_checkpoint(checkpoint_path, tensor, optimizer, Progress(step + 1, record["seconds"], skipped),
-                                settings)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({split: f"{value:.3f}" for split, value in running.items()})
-        if on_step is not None:
-            on_step(step + 1, record)
+    # Compiled only for the loop: fused blocks give about 1.3x the samples/s and less memory (docs/benchmarks.md).
+    with lvlm.compiled_blocks() if compiled else nullcontext():
+        upcoming = prepare(start_step) if start_step < total_steps else None
+        for step in range(start_step, total_steps):
+            epoch = step // steps_per_epoch
+            rows, whole_batch_size, batch = upcoming
+            if compiled:
+                torch.compiler.cudagraph_mark_step_begin()  # the compiled vision tower's CUDA graphs start a new step
+            losses = row_losses(lvlm, batch, tensor, kl[rows])
+            # Sum over this process's rows, scaled so that averaging the gradients over processes gives the mean over
+            # the whole batch even when processes got different numbers of rows.
+            loss = (weights[rows].to(device) * losses).sum() * world / whole_batch_size
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            if step + 1 < total_steps:  # collate the next batch while the GPU still runs this backward pass
+                upcoming = prepare(step + 1)
+            split_sums = _split_sums(losses.detach(), [examples[index].split for index in rows])
+            if world > 1:  # average δ gradients and gather the numbers that are logged
+                torch.distributed.all_reduce(tensor.delta.grad)
+                tensor.delta.grad /= world
+                torch.distributed.all_reduce(split_sums)
+                loss_value = split_sums[0].sum() / split_sums[1].sum().clamp(min=1)
+            else:
+                loss_value = loss.detach()
+            # One read-back a step: per-split sums and counts, the loss, and whether the gradient is finite.
+            numbers = torch.cat([split_sums.flatten(), loss_value.float().reshape(1),
+                                 torch.isfinite(tensor.delta.grad).all().float().reshape(1)]).tolist()
+            sums, counts, loss_number, gradient_ok = numbers[0:3], numbers[3:6], numbers[6], numbers[7] == 1.0
+            if not all(math.isfinite(value) for value in sums):
+                raise _diverged(f"the loss became {loss_number}", step, epoch, checkpoint_path, config)
+            # A finite loss with a non-finite gradient happens now and then with bfloat16 weights on GPUs: skip that
+            # update, as mixed-precision training does; many in a row mean the run has diverged.
+            skipped_in_a_row = 0 if gradient_ok else skipped_in_a_row + 1
+            skipped += not gradient_ok
+            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise _diverged(f"the gradient was not finite {skipped_in_a_row} steps in a row", step, epoch,
+                                checkpoint_path, config)
+            if gradient_ok:
+                optimizer.step()
+            if isinstance(tensor, VisualSecurityTensor):
+                tensor.project_()
+            saving = (step + 1) % config.save_every == 0 or step + 1 == total_steps
+            # Checked before a checkpoint, which must stay good (between checkpoints a non-finite tensor shows up as a
+            # non-finite loss at the next step).
+            if saving and not torch.isfinite(tensor.delta).all():
+                raise _diverged("the tensor's values overflowed", step, epoch, checkpoint_path, config)
+            record = {"step": step + 1, "epoch": epoch + 1, "loss": loss_number, "lr": config.lr,
+                      "seconds": round(time.perf_counter() - started, 3), **({} if gradient_ok else {"skipped": True})}
+            for index, split in enumerate(("SA", "TCB", "GB")):
+                if counts[index] > 0:
+                    record[split] = sums[index] / counts[index]
+                    previous = running.get(split, record[split])
+                    running[split] = 0.9 * previous + 0.1 * record[split]
+            if state.is_main_process:
+                with open(log_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if saving:
+                    save_checkpoint(checkpoint_path, tensor, optimizer, Progress(step + 1, record["seconds"], skipped),
+                                    settings)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({split: f"{value:.3f}" for split, value in running.items()})
+            if on_step is not None:
+                on_step(step + 1, record)
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - started
