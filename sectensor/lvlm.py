@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -335,7 +335,7 @@ class LVLM:
                 inputs.pop("attention_mask")
                 return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
 
-    def _compiled_per_layer(self):
+    def _compiled_per_layer(self) -> AbstractContextManager:
         """Lets compiled blocks (`compiled_blocks`) compile once per layer while they read or fill a key-value cache.
 
         All blocks share one code object, and indexing the cache by layer specialises it on the layer: each such pass
