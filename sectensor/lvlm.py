@@ -113,6 +113,7 @@ def _mix_in_positions(model: torch.nn.Module) -> None:
     mlp = _last_mlp_of(model)
     if mlp is not None and not isinstance(mlp, _AtPositions):
         mlp.__class__ = type(type(mlp).__name__, (_AtPositions, type(mlp)), {})
+        mlp.positions = None  # an attribute of its own from the start: compiled code then never sees it appear
 
 
 def _last_mlp_of(model: torch.nn.Module) -> torch.nn.Module | None:

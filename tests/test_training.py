@@ -137,12 +137,13 @@ def test_kl_is_zero_at_the_base_model_and_positive_away_from_it(tiny_llava, mani
     assert (away[kl_rows] > 1e-6).all()
 
 
-def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_only_within(tmp_path, pictures, monkeypatch):
+def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_only_within(tmp_path, pictures,
+                                                                                            monkeypatch):
     """δt's frozen-prefix pass fills a key-value cache and the next pass reads it. Indexing the cache by layer
     specialises the blocks' shared compiled code on the layer, so each pass needs a compiled version per layer: with
     more layers than dynamo's default limit of 8 allows, the blocks must still run compiled (not quietly eagerly),
-    with the eager model's loss and gradient; outside `compiled_blocks` the model runs its own code again. Dynamo alone
-    (no inductor): which code runs compiled is the question."""
+    with the eager model's loss and gradient. Outside `compiled_blocks` the model runs its own code again, and entering
+    again compiles nothing new. Dynamo alone (no inductor): which code runs compiled is the question."""
     import torch._dynamo
     from tiny_models import build_tiny_llava
 
@@ -163,12 +164,17 @@ def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
         lvlm.generate(pictures[:1], SA_PROMPTS[:1], max_new_tokens=3)  # compiled blocks would compile its prefill
         graphs_after = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+        with lvlm.compiled_blocks():
+            again = row_losses(lvlm, batch, tensor)
+        graphs_again = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
     finally:
         torch._dynamo.reset()
     assert graphs >= 2 * 6, f"only {graphs} compiled graphs: the blocks did not compile for each layer of each pass"
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-6, rtol=1e-4)
     assert graphs_after == graphs, "generation after `compiled_blocks` still met compiled blocks"
+    assert graphs_again == graphs, "entering `compiled_blocks` again compiled anew"
+    torch.testing.assert_close(again, eager, atol=1e-5, rtol=1e-5)
 
 
 def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
