@@ -52,7 +52,7 @@ class TrainingConfig:
     seed: int = field(default=0, metadata=_help("seed for data order, augmentation and δt initialisation"))
     device: str | None = field(default=None, metadata=_help("cpu, cuda, ... (default: cuda if available; ignored under accelerate launch)"))
     dtype: str | None = field(default=None, metadata=_help("model weight dtype (default: bfloat16 on GPU, float32 on CPU); δ is always float32"))
-    compile: bool = field(default=True, metadata=_help("on GPUs, compile every transformer block with torch.compile (faster steps after a one-off compilation)"))
+    compile: bool = field(default=True, metadata=_help("on GPUs, compile every transformer block with torch.compile for the training loop (faster steps after a one-off compilation; generation runs uncompiled)"))
     # ---- runs -----------------------------------------------------------------------------------------
     save_every: int = field(default=50, metadata=_help("write a checkpoint every N steps (atomically)"))
     resume: bool = field(default=False, metadata=_help("continue from the checkpoint in --output-dir"))
