@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -137,7 +137,6 @@ class LVLM:
         model.eval()
         model.requires_grad_(False)
         _mix_in_positions(self.model)
-        self.blocks_compiled = False  # within `compiled_blocks`
 
     @contextmanager
     def _last_mlp_only_at(self, rows: torch.Tensor, columns: torch.Tensor) -> Iterator[None]:
@@ -327,26 +326,13 @@ class LVLM:
 
         prefix, suffix = batch.columns(0, split), batch.columns(split, None, with_images=False)
         cache = {self.cache_keyword: DynamicCache(config=self.model.config)}
-        with self._compiled_per_layer():
-            with torch.no_grad(), self.model_inputs(prefix) as inputs:
-                inputs.pop("attention_mask")
-                self.model.model(**inputs, **cache, use_cache=True)
-            positions = torch.arange(split, batch.input_ids.shape[1], device=self.device)
-            with self.model_inputs(suffix, tensor) as inputs, self._last_mlp_only_at(rows, columns):
-                inputs.pop("attention_mask")
-                return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
-
-    def _compiled_per_layer(self) -> AbstractContextManager:
-        """Lets compiled blocks (`compiled_blocks`) compile once per layer while they read or fill a key-value cache.
-
-        All blocks share one code object, and indexing the cache by layer specialises it on the layer: each such pass
-        needs one compiled version per layer. Past dynamo's limit (8 by default) blocks would quietly run eagerly.
-        """
-        if not self.blocks_compiled:
-            return nullcontext()
-        layers = self.model.config.get_text_config().num_hidden_layers
-        limit = max(torch._dynamo.config.recompile_limit, 2 * layers + 16)  # prefix and suffix pass, and the rest
-        return torch._dynamo.config.patch(recompile_limit=limit)
+        with torch.no_grad(), self.model_inputs(prefix) as inputs:
+            inputs.pop("attention_mask")
+            self.model.model(**inputs, **cache, use_cache=True)
+        positions = torch.arange(split, batch.input_ids.shape[1], device=self.device)
+        with self.model_inputs(suffix, tensor) as inputs, self._last_mlp_only_at(rows, columns):
+            inputs.pop("attention_mask")
+            return self.model.model(**inputs, **cache, cache_position=positions, use_cache=True).last_hidden_state
 
     @torch.no_grad()
     def generate(
@@ -403,10 +389,15 @@ class LVLM:
         saves memory traffic and activation memory; one graph for the vision tower, replayed, keeps its many small
         kernels from waiting on Python.
 
+        All blocks share one code object, and a pass that fills or reads a key-value cache (δt's frozen prefix and
+        the rest of the sequence, `answer_logits`) specialises it on the layer: one compiled version per layer and
+        pass. Within, dynamo's recompile limit allows that; past its default of 8, blocks would quietly run eagerly.
+
         On exit the model runs its own code again, so generation (base answers, evaluation) never meets compiled
         blocks: its prefill would make them compile again, layer by layer, until dynamo's limit turns them eager.
         Compiled code is kept: entering again compiles nothing new.
         """
+        import torch._dynamo
         from transformers.modeling_layers import GradientCheckpointingLayer
 
         name = self.adapter.whole_vision_tower
@@ -420,13 +411,14 @@ class LVLM:
             if isinstance(module, GradientCheckpointingLayer) and module not in whole and module._compiled_call_impl is None:
                 module.compile(dynamic=True)
                 compiled.append(module)
-        was_compiled, self.blocks_compiled = self.blocks_compiled, True
+        layers = self.model.config.get_text_config().num_hidden_layers
+        limit = max(torch._dynamo.config.recompile_limit, 2 * layers + 16)  # the cache passes, and the rest
         try:
-            yield
+            with torch._dynamo.config.patch(recompile_limit=limit):
+                yield
         finally:
             for module in compiled:
                 module._compiled_call_impl = None
-            self.blocks_compiled = was_compiled
 
     def _decoding_cache(self, length: int) -> dict:
         """On a GPU, a static key-value cache: `generate` then compiles the one-token decoding step (the prompt's
