@@ -8,6 +8,9 @@ model (image inputs and δt's hook apply as usual), then every new token is one 
     prefill   model(prompt, images)            → key-value cache, logits of the first new token
     step      decoder(token, position, cache)  → logits of the next token
 
+Where the rows begin alike, pictures included (the app's base row and its δt-protected twin), the prefill runs
+their shared tokens once and then each row's rest on its own, unpadded (`_shared_prefix_length`).
+
 On GPUs the step is compiled once and captured in a CUDA graph per (batch size, cache size) with its own input
 buffers; the graph also advances the positions, so a step costs the CPU one token copy and one replay, and the
 next step is queued before the previous token is read back, so the GPU does not wait for Python. The step's
@@ -209,6 +212,48 @@ class _LlamaStep:
         return self.lm_head(model.norm(hidden)[:, -1]).float()
 
 
+def _shared_prefix_length(lvlm: LVLM, batch: Batch, tensor, protect) -> int:
+    """How many leading tokens (padding aside) all rows have in common, pictures included, before anything a
+    tensor changes; 0 where prefilling them once would not save at least a quarter of the prefill's work.
+
+    The app's side-by-side rows with δt are one: the base row and the protected row share the chat prefix and the
+    picture's tokens, and the protected row's δt slots come after them (≈ 67 of the organism's 75 and 175 tokens).
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    size, length = batch.input_ids.shape
+    if size < 2 or not lvlm.adapter.supports_prefix_cache:
+        return 0
+    if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=lvlm.model.config).layers):
+        return 0  # a sliding-window layer keeps only the last keys: its cache cannot be copied into the batch's
+    lengths = batch.attention_mask.sum(1).tolist()
+
+    def aligned(value: torch.Tensor, width: int) -> torch.Tensor:  # each row's first `width` real columns
+        return torch.stack([value[row, length - count : length - count + width] for row, count in enumerate(lengths)])
+
+    width = min(lengths) - 1  # every row keeps at least its last token for its own pass
+    tokens = aligned(batch.input_ids, width)
+    differing = (tokens != tokens[:1]).any(0).nonzero()
+    shared = int(differing[0]) if len(differing) else width
+    if batch.virtual_mask is not None:
+        slots = aligned(batch.virtual_mask, width).any(0).nonzero()
+        shared = min(shared, int(slots[0])) if len(slots) else shared
+    if shared == 0:
+        return 0
+    if batch.image_rows.numel():  # the pictures must lie wholly in the prefix, be the same, and no δv change them
+        image_tokens = lvlm.adapter.image_token_mask(batch.input_ids)
+        if image_tokens is None or (tensor is not None and tensor.kind == "visual"):
+            return 0
+        if int(image_tokens.sum()) != size * int(aligned(image_tokens, shared).sum(1)[0]):
+            return 0
+        mine = [batch.image_rows == row for row in range(size)]
+        if not all(torch.equal(value[mine[0]], value[rows]) for value in batch.image_fields.values() for rows in mine):
+            return 0
+    separately = shared + sum(count - shared for count in lengths)
+    return shared if separately <= 0.75 * size * length else 0
+
+
 class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
@@ -261,6 +306,54 @@ class Decoder:
         step.cache.reset()
         return step
 
+    def _prefill_sharing(self, batch: Batch, tensor, protect, shared: int) -> tuple[torch.Tensor, object, torch.Tensor]:
+        """Prefill the `shared` leading tokens once (row 0's, with its pictures), then each row's rest on its own,
+        unpadded, reading a copy of their cache. Returns the first new token's logits (batch_size, vocab_size), the
+        batch's cache and its mask (batch_size, shared + longest rest), each row's rest left-padded after the
+        shared part: [shared tokens | padding | rest of the row]."""
+        from transformers import DynamicCache
+
+        lvlm, config = self.lvlm, self.lvlm.model.config
+        size, length = batch.input_ids.shape
+        lengths = batch.attention_mask.sum(1).tolist()
+        rest = max(lengths) - shared
+
+        def prefilled(part: Batch, cache, tensor=None, protect=None) -> torch.Tensor:
+            """The logits (1, vocab_size) after one row's `part`, whose keys and values join `cache`."""
+            with lvlm.model_inputs(part, tensor, protect) as inputs:
+                inputs.pop("attention_mask")  # no padding in a single row's part
+                start = cache.get_seq_length()
+                positions = torch.arange(start, start + part.input_ids.shape[1], device=lvlm.device)
+                return lvlm.model(**inputs, cache_position=positions, use_cache=True, logits_to_keep=1,
+                                  **{lvlm.cache_keyword: cache}).logits[:, -1].float()
+
+        first = length - lengths[0]
+        prefix = DynamicCache(config=config)
+        prefilled(batch.row(0).columns(first, first + shared), prefix)
+        keys = [layer.keys.new_zeros(size, layer.keys.shape[1], shared + rest, layer.keys.shape[-1])
+                for layer in prefix.layers]
+        values = [torch.zeros_like(buffer) for buffer in keys]
+        logits = []
+        for row, count in enumerate(lengths):
+            cache = DynamicCache(config=config)
+            for index, layer in enumerate(prefix.layers):
+                cache.update(layer.keys, layer.values, index)
+            row_protect = None if protect is None else [protect[row]]
+            logits.append(prefilled(batch.row(row).columns(length - count + shared, None, with_images=False), cache,
+                                    tensor, row_protect))
+            start = shared + rest - (count - shared)  # where this row's rest begins in the batch's cache
+            for layer, key_buffer, value_buffer in zip(cache.layers, keys, values):
+                for buffer, computed in ((key_buffer, layer.keys), (value_buffer, layer.values)):
+                    buffer[row, :, :shared] = computed[0, :, :shared]
+                    buffer[row, :, start:] = computed[0, :, shared:]
+        cache = DynamicCache(config=config)
+        for index, (key_buffer, value_buffer) in enumerate(zip(keys, values)):
+            cache.update(key_buffer, value_buffer, index)
+        padding = rest - (torch.tensor(lengths, device=lvlm.device)[:, None] - shared)  # (batch_size, 1)
+        columns = torch.arange(-shared, rest, device=lvlm.device)  # negative in the shared part
+        mask = (columns < 0) | (columns >= padding)  # (batch_size, shared + rest)
+        return torch.cat(logits), cache, mask.to(batch.attention_mask.dtype)
+
     @torch.no_grad()
     def decode(self, batch: Batch, tensor=None, protect=None, max_new_tokens: int = 48, streamer=None,
                temperature: float = 0.0, eos_token_id: int | None = None) -> list[list[int]]:
@@ -278,13 +371,17 @@ class Decoder:
         cache = static.cache if static is not None else DynamicCache(config=lvlm.model.config)
         if streamer is not None:
             streamer.put(batch.input_ids)
-        with lvlm.model_inputs(batch, tensor, protect) as inputs:
-            prompt_mask = inputs["attention_mask"]
-            positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # as generate numbers rows
-            logits = lvlm.model(
-                **inputs, position_ids=positions, cache_position=torch.arange(prompt_length, device=device),
-                use_cache=True, logits_to_keep=1, **{lvlm.cache_keyword: cache},
-            ).logits[:, -1].float()
+        shared = 0 if static is not None else _shared_prefix_length(lvlm, batch, tensor, protect)
+        if shared:
+            logits, cache, prompt_mask = self._prefill_sharing(batch, tensor, protect, shared)
+        else:
+            with lvlm.model_inputs(batch, tensor, protect) as inputs:
+                prompt_mask = inputs["attention_mask"]
+                positions = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)  # as generate numbers rows
+                logits = lvlm.model(
+                    **inputs, position_ids=positions, cache_position=torch.arange(prompt_length, device=device),
+                    use_cache=True, logits_to_keep=1, **{lvlm.cache_keyword: cache},
+                ).logits[:, -1].float()
         if static is not None:
             static.start(prompt_mask, prompt_mask.sum(-1, keepdim=True), prompt_length)
             step = static

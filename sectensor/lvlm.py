@@ -55,6 +55,18 @@ class Batch:
     def size(self) -> int:
         return self.input_ids.shape[0]
 
+    def row(self, index: int) -> "Batch":
+        """Row `index` alone (a batch of one), with its own images."""
+        mine = self.image_rows == index
+        return Batch(
+            input_ids=self.input_ids[index : index + 1], attention_mask=self.attention_mask[index : index + 1],
+            token_fields={name: value[index : index + 1] for name, value in self.token_fields.items()},
+            image_fields={name: value[mine] for name, value in self.image_fields.items()},
+            image_rows=self.image_rows[mine] * 0,
+            virtual_mask=None if self.virtual_mask is None else self.virtual_mask[index : index + 1],
+            target_mask=None if self.target_mask is None else self.target_mask[index : index + 1],
+        )
+
     def columns(self, start: int, stop: int | None, with_images: bool = True) -> "Batch":
         """Token positions start:stop of every row; the images come along unless `with_images` is False."""
         def cut(value):

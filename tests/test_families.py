@@ -262,6 +262,39 @@ def test_decoding_loop_gives_generates_tokens(lvlm):
         assert static.decode(batch, tensor, protect, max_new_tokens=10, eos_token_id=eos) == stopped
 
 
+@pytest.mark.parametrize("prompt", PROMPTS[:2])
+def test_side_by_side_rows_prefill_their_shared_prefix_once_and_decode_as_alone(lvlm, prompt):
+    """A base row and its δt-protected twin (the app's side by side) share the chat prefix and the picture: the
+    decoding loop prefills those once and then each row's rest, unpadded; each row still decodes exactly the tokens
+    it decodes alone."""
+    from sectensor.decoding import _shared_prefix_length
+
+    if not lvlm.adapter.decodes_with_language_model:
+        pytest.skip(f"{lvlm.architecture} decodes with model.generate")
+    tensor = TextualSecurityTensor(torch.randn(12, lvlm.hidden_size, generator=torch.Generator().manual_seed(4)),
+                                   model_fingerprint(lvlm))
+    batch = lvlm.encode([PICTURES[0]] * 2, [prompt] * 2, virtual_tokens=12, protect=[False, True])
+    shared = _shared_prefix_length(lvlm, batch, tensor, [False, True])
+    if lvlm.architecture == "Gemma3ForConditionalGeneration":
+        assert shared == 0  # its sliding-window layers keep only their last keys: no cache to copy
+    else:
+        assert shared > 0
+    embedded = []
+    hook = lvlm.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: embedded.append(output.shape[0] * output.shape[1]))
+    try:
+        together = lvlm.decoder.decode(batch, tensor, [False, True], max_new_tokens=12, eos_token_id=-1)
+    finally:
+        hook.remove()
+    lengths = batch.attention_mask.sum(1)
+    prefill = sum(embedded[:-11])  # the 11 steps after the first token embed one token a row
+    assert prefill == (int(shared + (lengths - shared).sum()) if shared else batch.input_ids.numel())
+    alone_base = lvlm.decoder.decode(lvlm.encode(PICTURES[:1], [prompt]), None, None, 12, eos_token_id=-1)
+    alone_protected = lvlm.decoder.decode(lvlm.encode(PICTURES[:1], [prompt], virtual_tokens=12), tensor, None, 12,
+                                          eos_token_id=-1)
+    assert together == alone_base + alone_protected
+
+
 def test_text_only_row_batched_with_images_equals_its_own_run(lvlm):
     if lvlm.architecture == "MllamaForConditionalGeneration":
         pytest.skip("Mllama adds gated cross-attention over padding tiles to text-only rows (see adapters/mllama.py)")
