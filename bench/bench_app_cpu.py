@@ -6,6 +6,7 @@
     python bench/bench_app_cpu.py --threads 1              # one thread count only
     python bench/bench_app_cpu.py --compare-steps          # also with transformers' step instead of the written-out one
     python bench/bench_app_cpu.py --compare-layouts        # also with linear weights in the checkpoint's layout
+    python bench/bench_app_cpu.py --compare-prefill        # also prefilling the whole padded batch in one pass
 
 Compares thread counts (default 1 and 2: a free CPU Space has 2 cores). Every timing streams through
 `BatchTextStreamer` in a worker thread, exactly as the app does. "Forced" rows generate exactly `--new-tokens` tokens (the end token is ignored),
@@ -88,6 +89,10 @@ def main() -> None:
                         help="also time the forced rows with the linear weights laid out as checkpoints store them "
                              "(out, in), each on its own, instead of the layout load_lvlm gives CPU models (transposed; "
                              "q/k/v and gate/up side by side), taking turns")
+    parser.add_argument("--compare-prefill", action="store_true",
+                        help="also time the forced rows prefilling the whole padded batch in one pass instead of the "
+                             "tokens the rows share once and then each row's rest (sectensor.decoding."
+                             "_shared_prefix_length), taking turns with them")
     args = parser.parse_args()
     lvlm = load_lvlm(args.model, device="cpu")
     linears = [module for module in lvlm.model.modules() if isinstance(module, torch.nn.Linear)]
@@ -113,6 +118,8 @@ def main() -> None:
         decoders = {"": lvlm.decoder}
         if args.compare_steps:  # transformers' own step, as families without a written-out step decode
             decoders["_transformers_step"] = Decoder(lvlm, written_out_step=False)
+        if args.compare_prefill:  # one padded pass, as before rows shared their prefix
+            decoders["_unshared_prefill"] = Decoder(lvlm, shared_prefix=False)
         layouts = {"": [module.weight.data for module in linears]}
         if args.compare_layouts:
             layouts["_checkpoint_layout"] = [weight.contiguous() for weight in layouts[""]]

@@ -258,16 +258,19 @@ class Decoder:
     """The per-model state of fast decoding: the compiled step, static caches and their graphs, reused across calls."""
 
     def __init__(self, lvlm: LVLM, compile_options: dict | None = None, static: bool | None = None,
-                 small_batch_kernels: bool = True, written_out_step: bool = True) -> None:
+                 small_batch_kernels: bool = True, written_out_step: bool = True, shared_prefix: bool = True) -> None:
         """`static` (default: on GPUs, where the family allows it) decodes over a static cache, on GPUs compiled
         and captured in a CUDA graph; otherwise eagerly (faster on CPUs), through `_LlamaStep` for Llama language
         models and over transformers' dynamic cache for the others.
         `small_batch_kernels`: the step's linear layers run `sectensor.kernels` where it applies (GPUs, Triton).
-        `written_out_step`: eager steps of a Llama language model run `_LlamaStep` (off: transformers' own step)."""
+        `written_out_step`: eager steps of a Llama language model run `_LlamaStep` (off: transformers' own step).
+        `shared_prefix`: outside static caches, the tokens all rows begin with are prefilled once
+        (`_shared_prefix_length`; off: the whole padded batch in one pass)."""
         self.lvlm = lvlm
         on_gpu = lvlm.device.type == "cuda"
         self.small_batch_kernels = small_batch_kernels and on_gpu and kernels.available()  # decided once, not per step
         self.written_out_step = written_out_step and _LlamaStep.fits(lvlm.model.get_decoder())
+        self.shared_prefix = shared_prefix
         self.static = (on_gpu and lvlm.adapter.supports_static_cache) if static is None else static
         self._static_steps: OrderedDict[tuple[int, int], _StaticStep] = OrderedDict()  # most recently used last
         # Compiled for static shapes (a new batch or cache size recompiles, as it captures a new graph anyway).
@@ -371,7 +374,8 @@ class Decoder:
         cache = static.cache if static is not None else DynamicCache(config=lvlm.model.config)
         if streamer is not None:
             streamer.put(batch.input_ids)
-        shared = 0 if static is not None else _shared_prefix_length(lvlm, batch, tensor, protect)
+        sharing = self.shared_prefix and static is None
+        shared = _shared_prefix_length(lvlm, batch, tensor, protect) if sharing else 0
         if shared:
             logits, cache, prompt_mask = self._prefill_sharing(batch, tensor, protect, shared)
         else:
