@@ -166,8 +166,11 @@ class _LlamaStep:
         self.joined = [(_joined_weight([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
                         _joined_weight([layer.mlp.gate_proj, layer.mlp.up_proj])) for layer in self.layers]
         batch_size, self.length = prompt_mask.shape
-        self.next_position = prompt_mask.sum(-1, keepdim=True)  # (batch_size, 1)
         self.done = 0
+        # Every step's rotation, computed at once: (batch_size, max_new_tokens, head_dim) each. Each angle is one
+        # product (position × frequency), so the values are those of one step at a time.
+        positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(max_new_tokens, device=prompt_mask.device)
+        self.cos, self.sin = language_model.rotary_emb(language_model.embed_tokens.weight[:1], positions)
         self.keys, self.values = [], []
         for layer in cache.layers:  # the prefill's keys and values: (batch_size, kv_heads, prompt_length, head_dim)
             for prompt, buffers in ((layer.keys, self.keys), (layer.values, self.values)):
@@ -190,8 +193,7 @@ class _LlamaStep:
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         model, at = self.model, self.length + self.done  # `at`: the cache slot of the token fed in
         hidden = model.embed_tokens(tokens[:, None])  # (batch_size, 1, hidden_size)
-        cos, sin = model.rotary_emb(hidden, self.next_position + self.done)  # (batch_size, 1, head_dim)
-        cos, sin = cos[:, None], sin[:, None]
+        cos, sin = self.cos[:, None, self.done : self.done + 1], self.sin[:, None, self.done : self.done + 1]
         mask = self.mask[..., : at + 1] if self.mask is not None else None
         for layer, keys, values, (qkv, gate_up) in zip(self.layers, self.keys, self.values, self.joined):
             attention, mlp = layer.self_attn, layer.mlp
