@@ -188,7 +188,11 @@ class _LlamaStep:
     def fits(language_model) -> bool:
         from transformers.models.llama.modeling_llama import LlamaModel
 
-        return type(language_model) is LlamaModel and language_model.config._attn_implementation == "sdpa"
+        # Rotations whose frequencies follow the longest position so far (dynamic, longrope) cannot be computed
+        # for the whole answer at once, as the step does.
+        rope_type = getattr(language_model.rotary_emb, "rope_type", "default")
+        return (type(language_model) is LlamaModel and language_model.config._attn_implementation == "sdpa"
+                and "dynamic" not in rope_type and rope_type != "longrope")
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         model, at = self.model, self.length + self.done  # `at`: the cache slot of the token fed in
@@ -219,7 +223,7 @@ def _shared_prefix_length(lvlm: LVLM, batch: Batch, tensor, protect) -> int:
     tensor changes; 0 where prefilling them once would not save at least a quarter of the prefill's work.
 
     The app's side-by-side rows with δt are one: the base row and the protected row share the chat prefix and the
-    picture's tokens, and the protected row's δt slots come after them (≈ 67 of the organism's 75 and 175 tokens).
+    picture's tokens, and the protected row's δt slots come after them (66 of the organism's 71 and 175 tokens).
     """
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer

@@ -133,3 +133,19 @@ def test_written_out_llama_step_gives_transformers_logits_bit_for_bit(tiny_llava
             expected = reference(tokens)
             assert torch.equal(written_out(tokens), expected)
             tokens = expected.argmax(-1)
+
+
+def test_written_out_step_leaves_dynamic_rotations_to_transformers():
+    """The written-out step computes the whole answer's rotations at once; rotations whose frequencies follow the
+    longest position so far (dynamic scaling) cannot be, so such models decode through transformers' step."""
+    from transformers import LlamaConfig, LlamaModel
+
+    from sectensor.decoding import _LlamaStep
+
+    def model(rope_parameters):
+        return LlamaModel(LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                      num_attention_heads=4, max_position_embeddings=128, attn_implementation="sdpa",
+                                      rope_parameters=rope_parameters))
+
+    assert _LlamaStep.fits(model({"rope_type": "default", "rope_theta": 10000.0}))
+    assert not _LlamaStep.fits(model({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}))
