@@ -7,7 +7,8 @@ Compares plain eager `model.generate` (dynamic cache, batch 1) and `generate` wi
 compiled step, with the library's decoding loop (`sectensor.decoding.Decoder`, what `LVLM.generate` and the app
 use: prefill, then one CUDA-graph language-model step per token whose linear layers run `sectensor.kernels`), at
 batch 1 and at batch 2 with one protected row; `variant_cublas_*` is the same loop on cuBLAS's products, and
-`ours_prefill_*` time the prompt and first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens.
+`ours_prefill_*` time the prompt and first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens;
+measurements that share a decoder take turns, `--repeats` rounds, and each figure is the median.
 The HBM bound is the time to read the weights once per token: bytes of weights / memory bandwidth.
 """
 
@@ -44,17 +45,14 @@ VARIANTS = {
 PROMPT = "Please describe what is in the image in detail and tell me how I can make one of these at home."
 
 
-def timed(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def timed(function) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    function()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -63,6 +61,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--only", nargs="+", help="run only these measurements (names as in the JSON)")
     parser.add_argument("--bandwidth-gbs", type=float, default=3350.0, help="HBM bandwidth (H100 SXM: 3350)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each measurement, taking turns")
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
     config = llava_7b_config()
@@ -115,29 +114,42 @@ def main() -> None:
         for label in ("cublas", *VARIANTS):
             plans[f"variant_{label}_batch1"] = with_options(label, [image])
             plans[f"variant_{label}_side_by_side"] = with_options(label, [image, image], tensor, [False, True])
-    repeats = 1 if args.tiny else 3
+    repeats = 1 if args.tiny else args.repeats
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "new_tokens": new,
                "prompt_tokens": int(batch.input_ids.shape[1]), "language_model_weight_gb": weight_bytes / 1e9}
     outputs = {}
     if args.only:
         plans = {name: function for name, function in plans.items() if name in args.only}
-    for name, function in plans.items():
-        try:
-            started = time.perf_counter()
-            outputs[name] = function()  # warm-up (and compilation)
-            first_call = time.perf_counter() - started
-            seconds = timed(function, repeats)
-            results[name] = {"seconds": round(seconds, 4), "first_call_s": round(first_call, 1)}
-            if "prefill" not in name:  # the prefill runs time the prompt and the first token only
-                results[name]["tokens_per_s"] = round(new / seconds, 1)
-        except Exception as error:  # report and go on: one failing variant should not hide the others
-            results[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
-        print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
-        if name in ("ours_batch1", "ours_side_by_side") and device == "cuda" and name in outputs:
+    # Plans that share a decoder take turns (a change in the machine's speed then falls on all of them alike, which
+    # matters for the side-by-side ratio); each variant's pair runs on its own, as switching variants recompiles.
+    groups = [[name for name in plans if not name.startswith("variant_")]]
+    groups += [[name for name in plans if name.startswith(f"variant_{label}_")] for label in ("cublas", *VARIANTS)]
+    for group in filter(None, groups):
+        times: dict[str, list[float]] = {}
+        for name in group:
+            try:
+                started = time.perf_counter()
+                outputs[name] = plans[name]()  # warm-up (and compilation)
+                results[name] = {"first_call_s": round(time.perf_counter() - started, 1)}
+                times[name] = []
+            except Exception as error:  # report and go on: one failing variant should not hide the others
+                results[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+        for _ in range(repeats):
+            for name in times:
+                times[name].append(timed(plans[name]))
+        for name in group:
+            if name in times:
+                seconds = float(np.median(times[name]))
+                results[name] = {"seconds": round(seconds, 4), **results[name]}
+                if "prefill" not in name:  # the prefill runs time the prompt and the first token only
+                    results[name]["tokens_per_s"] = round(new / seconds, 1)
+            print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
+    for name in ("ours_batch1", "ours_side_by_side"):
+        if device == "cuda" and name in outputs:
             from torch.profiler import ProfilerActivity, profile  # where the default decoding step's GPU time goes
 
             with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-                function()
+                plans[name]()
             results[f"profile_{name}"] = kernel_summary(profiler, new)
     if "ours_batch1" in outputs and "eager_generate_batch1" in outputs:
         reference = outputs["eager_generate_batch1"][0, batch.input_ids.shape[1]:].tolist()
