@@ -33,6 +33,7 @@ from .lvlm import LVLM, Batch
 
 _CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths reuse graphs
 _KEPT_STATIC_STEPS = 2  # static caches (and graphs) kept alive: a 7B model's cache for 64 rows of 512 tokens is 17 GB
+_MAX_SHARING_ROWS = 4  # each row's rest is a pass of its own: past a few rows, their fixed costs outweigh the savings
 
 
 class _StaticStep:
@@ -229,7 +230,7 @@ def _shared_prefix_length(lvlm: LVLM, batch: Batch, tensor, protect) -> int:
     from transformers.cache_utils import DynamicLayer
 
     size, length = batch.input_ids.shape
-    if size < 2 or not lvlm.adapter.supports_prefix_cache:
+    if not 2 <= size <= _MAX_SHARING_ROWS or not lvlm.adapter.supports_prefix_cache:
         return 0
     if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=lvlm.model.config).layers):
         return 0  # a sliding-window layer keeps only the last keys: its cache cannot be copied into the batch's
