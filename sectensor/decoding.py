@@ -221,7 +221,8 @@ class _LlamaStep:
 
 def _shared_prefix_length(lvlm: LVLM, batch: Batch, tensor, protect) -> int:
     """How many leading tokens (padding aside) all rows have in common, pictures included, before anything a
-    tensor changes; 0 where prefilling them once would not save at least a quarter of the prefill's work.
+    tensor changes; 0 for batches of more than `_MAX_SHARING_ROWS` rows, or where prefilling the shared tokens once
+    and each row's rest unpadded would not save at least a quarter of the prefill's work.
 
     The app's side-by-side rows with δt are one: the base row and the protected row share the chat prefix and the
     picture's tokens, and the protected row's δt slots come after them (66 of the organism's 71 and 175 tokens).
