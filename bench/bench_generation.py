@@ -6,9 +6,7 @@
 Compares plain eager `model.generate` (dynamic cache, batch 1) and `generate` with a static cache and its own
 compiled step, with the library's decoding loop (`sectensor.decoding.Decoder`, what `LVLM.generate` and the app
 use: prefill, then one CUDA-graph language-model step per token whose linear layers run `sectensor.kernels`), at
-batch 1 and at batch 2 with one protected row (δv; `*_textual`: δt, whose rows share their prefix, prefilled
-once, and `*_textual_unshared` the same prefilled as one padded batch); `variant_cublas_*` is the same loop on
-cuBLAS's products, and
+batch 1 and at batch 2 with one protected row; `variant_cublas_*` is the same loop on cuBLAS's products, and
 `ours_prefill_*` time the prompt and first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens;
 measurements that share a decoder take turns, `--repeats` rounds, and each figure is the median.
 The HBM bound is the time to read the weights once per token: bytes of weights / memory bandwidth.
@@ -29,8 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.llava_shapes import build_lvlm, llava_7b_config  # noqa: E402
-from sectensor import TextualSecurityTensor, VisualSecurityTensor  # noqa: E402
-from sectensor.tensors import virtual_token_count  # noqa: E402
+from sectensor import VisualSecurityTensor  # noqa: E402
 from bench.bench_training import kernel_summary  # noqa: E402
 from sectensor.decoding import Decoder  # noqa: E402
 
@@ -78,8 +75,6 @@ def main() -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (336, 336, 3), dtype=np.uint8))
     tensor = VisualSecurityTensor(torch.randn(lvlm.adapter.visual_shape()) * 0.1)
     tensor.fingerprint = {}
-    textual = TextualSecurityTensor(torch.randn(100, lvlm.hidden_size) * 0.01)
-    textual.fingerprint = {}
     new = args.new_tokens
     batch = lvlm.encode([image], [PROMPT])
     model.generation_config.eos_token_id = None  # random weights: always generate `new` tokens
@@ -91,15 +86,10 @@ def main() -> None:
                                   pad_token_id=3, eos_token_id=None, disable_compile=not compiled)
 
     def ours(images, tensor=None, protect=None, decoder=None, new_tokens=new):
-        rows = lvlm.encode(images, [PROMPT] * len(images), virtual_tokens=virtual_token_count(tensor), protect=protect)
+        rows = lvlm.encode(images, [PROMPT] * len(images), protect=protect)
         return (decoder or lvlm.decoder).decode(rows, tensor, protect, max_new_tokens=new_tokens, eos_token_id=-1)
 
     variant_decoders: dict[str, Decoder] = {}
-
-    def unshared() -> Decoder:
-        if "unshared" not in variant_decoders:
-            variant_decoders["unshared"] = Decoder(lvlm, shared_prefix=False)
-        return variant_decoders["unshared"]
 
     def with_options(label, images, tensor=None, protect=None):
         """Our loop with another step (its own Decoder, compiled anew) on cuBLAS's products instead of
@@ -107,7 +97,7 @@ def main() -> None:
         def run():
             if label not in variant_decoders:
                 torch._dynamo.reset()
-                variant_decoders.clear()  # one variant's graphs and caches alive at a time (after the others ran)
+                variant_decoders.clear()  # one variant's graphs and caches alive at a time
                 variant_decoders[label] = Decoder(lvlm, VARIANTS.get(label), small_batch_kernels=False)
             return ours(images, tensor, protect, variant_decoders[label])
         return run
@@ -119,13 +109,6 @@ def main() -> None:
         "ours_side_by_side": lambda: ours([image, image], tensor, [False, True]),
         "ours_prefill_batch1": lambda: ours([image], new_tokens=1),
         "ours_prefill_side_by_side": lambda: ours([image, image], tensor, [False, True], new_tokens=1),
-        # δt (100 virtual tokens) side by side: the rows' shared prefix (chat prefix, picture) prefilled once, and,
-        # for comparison, the whole padded batch in one pass (a decoder of its own, compiled anew)
-        "ours_side_by_side_textual": lambda: ours([image, image], textual, [False, True]),
-        "ours_prefill_side_by_side_textual": lambda: ours([image, image], textual, [False, True], new_tokens=1),
-        "ours_side_by_side_textual_unshared": lambda: ours([image, image], textual, [False, True], unshared()),
-        "ours_prefill_side_by_side_textual_unshared": lambda: ours([image, image], textual, [False, True], unshared(),
-                                                                  new_tokens=1),
     }
     if not args.tiny:
         for label in ("cublas", *VARIANTS):
@@ -161,12 +144,13 @@ def main() -> None:
                 if "prefill" not in name:  # the prefill runs time the prompt and the first token only
                     results[name]["tokens_per_s"] = round(new / seconds, 1)
             print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
-            if name in ("ours_batch1", "ours_side_by_side") and device == "cuda" and name in times:
-                from torch.profiler import ProfilerActivity, profile  # where the default step's GPU time goes
+    for name in ("ours_batch1", "ours_side_by_side"):
+        if device == "cuda" and name in outputs:
+            from torch.profiler import ProfilerActivity, profile  # where the default decoding step's GPU time goes
 
-                with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-                    plans[name]()
-                results[f"profile_{name}"] = kernel_summary(profiler, new)
+            with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+                plans[name]()
+            results[f"profile_{name}"] = kernel_summary(profiler, new)
     if "ours_batch1" in outputs and "eager_generate_batch1" in outputs:
         reference = outputs["eager_generate_batch1"][0, batch.input_ids.shape[1]:].tolist()
         agree = next((i for i, (a, b) in enumerate(zip(reference, outputs["ours_batch1"][0])) if a != b), len(reference))
@@ -177,7 +161,8 @@ def main() -> None:
             value["fraction_of_bound"] = round(value["tokens_per_s"] / results["hbm_bound_tokens_per_s"], 3)
     seconds = {name: value["seconds"] for name, value in results.items() if isinstance(value, dict) and "seconds" in value}
     for name in [name for name in seconds if name.endswith("_batch1")]:
-        for twin in [twin for twin in seconds if twin.startswith(name.removesuffix("_batch1") + "_side_by_side")]:
+        twin = name.removesuffix("_batch1") + "_side_by_side"
+        if twin in seconds:
             results[f"{twin}_over_single"] = round(seconds[twin] / seconds[name], 3)
     if "eager_generate_batch1" in seconds and "ours_batch1" in seconds:
         results["speedup_over_eager"] = round(seconds["eager_generate_batch1"] / seconds["ours_batch1"], 2)

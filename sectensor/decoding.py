@@ -272,8 +272,8 @@ class Decoder:
         models and over transformers' dynamic cache for the others.
         `small_batch_kernels`: the step's linear layers run `sectensor.kernels` where it applies (GPUs, Triton).
         `written_out_step`: eager steps of a Llama language model run `_LlamaStep` (off: transformers' own step).
-        `shared_prefix`: the tokens all rows begin with are prefilled once (`_shared_prefix_length`; off: the whole
-        padded batch in one pass)."""
+        `shared_prefix`: outside static caches, the tokens all rows begin with are prefilled once
+        (`_shared_prefix_length`; off: the whole padded batch in one pass)."""
         self.lvlm = lvlm
         on_gpu = lvlm.device.type == "cuda"
         self.small_batch_kernels = small_batch_kernels and on_gpu and kernels.available()  # decided once, not per step
@@ -382,14 +382,10 @@ class Decoder:
         cache = static.cache if static is not None else DynamicCache(config=lvlm.model.config)
         if streamer is not None:
             streamer.put(batch.input_ids)
-        shared = _shared_prefix_length(lvlm, batch, tensor, protect) if self.shared_prefix else 0
+        sharing = self.shared_prefix and static is None
+        shared = _shared_prefix_length(lvlm, batch, tensor, protect) if sharing else 0
         if shared:
-            logits, shared_cache, prompt_mask = self._prefill_sharing(batch, tensor, protect, shared)
-            if static is None:
-                cache = shared_cache
-            else:  # into the static cache's own buffers, which the captured step reads, as a prefill writes them
-                for index, layer in enumerate(shared_cache.layers):
-                    cache.update(layer.keys, layer.values, index)
+            logits, cache, prompt_mask = self._prefill_sharing(batch, tensor, protect, shared)
         else:
             with lvlm.model_inputs(batch, tensor, protect) as inputs:
                 prompt_mask = inputs["attention_mask"]
@@ -399,7 +395,7 @@ class Decoder:
                     use_cache=True, logits_to_keep=1, **{lvlm.cache_keyword: cache},
                 ).logits[:, -1].float()
         if static is not None:
-            static.start(prompt_mask, prompt_mask.sum(-1, keepdim=True), prompt_mask.shape[1])
+            static.start(prompt_mask, prompt_mask.sum(-1, keepdim=True), prompt_length)
             step = static
         elif self.written_out_step:
             step = _LlamaStep(lvlm.model.get_decoder(), lvlm.model.get_output_embeddings(), cache, prompt_mask,
