@@ -255,11 +255,23 @@ def _shared_prefix_length(lvlm: LVLM, batch: Batch, tensor, protect) -> int:
             return 0
         if int(image_tokens.sum()) != size * int(aligned(image_tokens, shared).sum(1)[0]):
             return 0
-        mine = [batch.image_rows == row for row in range(size)]
-        if not all(torch.equal(value[mine[0]], value[rows]) for value in batch.image_fields.values() for rows in mine):
+        first = batch.row(0).image_fields
+        if not all(torch.equal(first[name], value) for row in range(1, size)
+                   for name, value in batch.row(row).image_fields.items()):
             return 0
     separately = shared + sum(count - shared for count in lengths)
     return shared if separately <= 0.75 * size * length else 0
+
+
+def _dynamic_cache(config, keys: list[torch.Tensor], values: list[torch.Tensor]):
+    """A dynamic key-value cache holding these keys and values, one (batch_size, kv_heads, length, head_dim) a layer;
+    what the model adds later is joined to copies, so the given tensors stay as they are."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for index, (key, value) in enumerate(zip(keys, values)):
+        cache.update(key, value, index)
+    return cache
 
 
 class Decoder:
@@ -348,9 +360,8 @@ class Decoder:
         values = [torch.zeros_like(buffer) for buffer in keys]
         logits = []
         for row, count in enumerate(lengths):
-            cache = DynamicCache(config=config)
-            for index, layer in enumerate(prefix.layers):
-                cache.update(layer.keys, layer.values, index)
+            cache = _dynamic_cache(config, [layer.keys for layer in prefix.layers],
+                                   [layer.values for layer in prefix.layers])
             row_protect = None if protect is None else [protect[row]]
             logits.append(prefilled(batch.row(row).columns(length - count + shared, None, with_images=False), cache,
                                     tensor, row_protect))
@@ -359,9 +370,7 @@ class Decoder:
                 for buffer, computed in ((key_buffer, layer.keys), (value_buffer, layer.values)):
                     buffer[row, :, :shared] = computed[0, :, :shared]
                     buffer[row, :, start:] = computed[0, :, shared:]
-        cache = DynamicCache(config=config)
-        for index, (key_buffer, value_buffer) in enumerate(zip(keys, values)):
-            cache.update(key_buffer, value_buffer, index)
+        cache = _dynamic_cache(config, keys, values)
         padding = rest - (torch.tensor(lengths, device=lvlm.device)[:, None] - shared)  # (batch_size, 1)
         columns = torch.arange(-shared, rest, device=lvlm.device)  # negative in the shared part
         mask = (columns < 0) | (columns >= padding)  # (batch_size, shared + rest)
