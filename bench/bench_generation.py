@@ -6,9 +6,10 @@
 Compares plain eager `model.generate` (dynamic cache, batch 1) and `generate` with a static cache and its own
 compiled step, with the library's decoding loop (`sectensor.decoding.Decoder`, what `LVLM.generate` and the app
 use: prefill, then one CUDA-graph language-model step per token whose linear layers run `sectensor.kernels`), at
-batch 1 and at batch 2 with one protected row; `variant_cublas_*` is the same loop on cuBLAS's products, and
-`ours_prefill_*` time the prompt and first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens;
-measurements that share a decoder take turns, `--repeats` rounds, and each figure is the median.
+batch 1 and at batch 2 with one protected row (δv; `ours_textual_*`: δt, whose 100 virtual tokens make other
+cache sizes); `variant_cublas_*` is the same loop on cuBLAS's products, and `ours_prefill_*` time the prompt and
+first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens; measurements
+that share a decoder take turns, `--repeats` rounds, and each figure is the median.
 The HBM bound is the time to read the weights once per token: bytes of weights / memory bandwidth.
 """
 
@@ -27,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.llava_shapes import build_lvlm, llava_7b_config  # noqa: E402
-from sectensor import VisualSecurityTensor  # noqa: E402
+from sectensor import TextualSecurityTensor, VisualSecurityTensor  # noqa: E402
 from bench.bench_training import kernel_summary  # noqa: E402
 from sectensor.decoding import Decoder  # noqa: E402
 
@@ -75,6 +76,8 @@ def main() -> None:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (336, 336, 3), dtype=np.uint8))
     tensor = VisualSecurityTensor(torch.randn(lvlm.adapter.visual_shape()) * 0.1)
     tensor.fingerprint = {}
+    textual = TextualSecurityTensor.from_vocabulary(lvlm, 100)
+    textual.fingerprint = {}
     new = args.new_tokens
     batch = lvlm.encode([image], [PROMPT])
     model.generation_config.eos_token_id = None  # random weights: always generate `new` tokens
@@ -86,7 +89,8 @@ def main() -> None:
                                   pad_token_id=3, eos_token_id=None, disable_compile=not compiled)
 
     def ours(images, tensor=None, protect=None, decoder=None, new_tokens=new):
-        rows = lvlm.encode(images, [PROMPT] * len(images), protect=protect)
+        slots = tensor.num_tokens if isinstance(tensor, TextualSecurityTensor) else 0
+        rows = lvlm.encode(images, [PROMPT] * len(images), protect=protect, virtual_tokens=slots)
         return (decoder or lvlm.decoder).decode(rows, tensor, protect, max_new_tokens=new_tokens, eos_token_id=-1)
 
     variant_decoders: dict[str, Decoder] = {}
@@ -107,6 +111,8 @@ def main() -> None:
         "generate_static_compiled_batch1": lambda: hf_generate(True),
         "ours_batch1": lambda: ours([image]),
         "ours_side_by_side": lambda: ours([image, image], tensor, [False, True]),
+        "ours_textual_batch1": lambda: ours([image], textual, [True]),
+        "ours_textual_side_by_side": lambda: ours([image, image], textual, [False, True]),
         "ours_prefill_batch1": lambda: ours([image], new_tokens=1),
         "ours_prefill_side_by_side": lambda: ours([image, image], tensor, [False, True], new_tokens=1),
     }
@@ -164,8 +170,12 @@ def main() -> None:
         twin = name.removesuffix("_batch1") + "_side_by_side"
         if twin in seconds:
             results[f"{twin}_over_single"] = round(seconds[twin] / seconds[name], 3)
+    if "ours_textual_side_by_side" in seconds and "ours_batch1" in seconds:  # against the unprotected answer alone
+        results["ours_textual_side_by_side_over_unprotected_single"] = round(
+            seconds["ours_textual_side_by_side"] / seconds["ours_batch1"], 3)
     if "eager_generate_batch1" in seconds and "ours_batch1" in seconds:
         results["speedup_over_eager"] = round(seconds["eager_generate_batch1"] / seconds["ours_batch1"], 2)
+    results["decoding_steps_captured"] = lvlm.decoder.captures  # one per (batch size, cache size), if none was dropped
     if device == "cuda":
         results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     print(json.dumps(results, indent=2))

@@ -32,7 +32,11 @@ from . import kernels
 from .lvlm import LVLM, Batch
 
 _CACHE_GRANULARITY = 256  # static caches are sized in multiples of this, so new prompt lengths reuse graphs
-_KEPT_STATIC_STEPS = 2  # static caches (and graphs) kept alive: a 7B model's cache for 64 rows of 512 tokens is 17 GB
+# Static caches (and graphs) kept alive: always the 2 most recently used, older ones while all caches together fit
+# this share of the device's memory, at most 8. A 7B model's cache takes 17 GB for 64 rows of 512 tokens, 0.8 GB for
+# 2 rows of 768: an evaluation keeps two large ones, and a process taking turns between a few small shapes (one
+# answer, side by side) keeps them all instead of capturing each one again on its turn (docs/benchmarks.md).
+_KEPT_STATIC_STEPS, _MAX_STATIC_STEPS, _STATIC_CACHE_SHARE = 2, 8, 0.05
 _MAX_SHARING_ROWS = 4  # each row's rest is a pass of its own: past a few rows, their fixed costs outweigh the savings
 
 
@@ -295,6 +299,7 @@ class Decoder:
         self.shared_prefix = shared_prefix
         self.static = (on_gpu and lvlm.adapter.supports_static_cache) if static is None else static
         self._static_steps: OrderedDict[tuple[int, int], _StaticStep] = OrderedDict()  # most recently used last
+        self.captures = 0  # static steps made so far (on GPUs, each a compilation and a CUDA graph capture)
         # Compiled for static shapes (a new batch or cache size recompiles, as it captures a new graph anyway).
         compiled = self.static and on_gpu
         self._step = torch.compile(self._forward_step, options=compile_options or {}, dynamic=False) if compiled \
@@ -316,12 +321,12 @@ class Decoder:
         size = -(-length // _CACHE_GRANULARITY) * _CACHE_GRANULARITY
         key = (batch_size, size)
         if key not in self._static_steps:
-            while len(self._static_steps) >= _KEPT_STATIC_STEPS:
-                self._static_steps.popitem(last=False)
+            self._make_room_for_static_step(batch_size * size)
             cache = StaticCache(config=self.lvlm.model.config, max_cache_len=size)
             try:
                 self._static_steps[key] = _StaticStep(self._step, cache, batch_size, size, self.lvlm.device,
                                                       eager_step=self._forward_step)
+                self.captures += 1
             except RuntimeError as error:  # an operation that cannot run inside a CUDA graph, or a failed self-check
                 warnings.warn(f"decoding over a dynamic cache: capturing the step failed ({error})")
                 self.static, self._step = False, self._forward_step
@@ -330,6 +335,27 @@ class Decoder:
         step = self._static_steps[key]
         step.cache.reset()
         return step
+
+    def _make_room_for_static_step(self, slots: int) -> None:
+        """Before a new step's cache of `slots` (rows × tokens) is made: drop the least recently used steps past
+        the newest one while the kept caches and the new one would exceed their share of the device's memory, or
+        the steps would be more than 8."""
+
+        def cache_bytes(step: _StaticStep) -> int:
+            return sum(tensor.numel() * tensor.element_size() for layer in step.cache.layers
+                       for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                       if isinstance(tensor, torch.Tensor))
+
+        device = self.lvlm.device
+        memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 2**33  # CPU: tests
+        budget = _STATIC_CACHE_SHARE * memory
+        sizes = {key: cache_bytes(step) for key, step in self._static_steps.items()}
+        per_slot = max((size / (rows * tokens) for (rows, tokens), size in sizes.items()), default=0.0)
+        kept = sum(sizes.values()) + per_slot * slots
+        while len(self._static_steps) >= _KEPT_STATIC_STEPS and (
+                kept > budget or len(self._static_steps) >= _MAX_STATIC_STEPS):
+            key, _ = self._static_steps.popitem(last=False)
+            kept -= sizes[key]
 
     def _prefill_sharing(self, batch: Batch, tensor, protect, shared: int) -> tuple[torch.Tensor, object, torch.Tensor]:
         """Prefill the `shared` leading tokens once (row 0's, with its pictures), then each row's rest on its own,

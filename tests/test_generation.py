@@ -149,3 +149,25 @@ def test_written_out_step_leaves_dynamic_rotations_to_transformers():
 
     assert _LlamaStep.fits(model({"rope_type": "default", "rope_theta": 10000.0}))
     assert not _LlamaStep.fits(model({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}))
+
+
+@pytest.mark.parametrize("cache_share, kept", [(0.05, 3), (0.0, 2)])
+def test_static_steps_of_small_caches_stay_for_their_next_turn(tiny_llava, pictures, monkeypatch, cache_share, kept):
+    """Taking turns between three batch sizes (one answer, side by side, ...) reuses each size's static step, with
+    its cache (on GPUs its captured graph), while their caches fit their share of memory; past that share only the
+    two most recently used stay."""
+    from sectensor import decoding
+
+    monkeypatch.setattr(decoding, "_STATIC_CACHE_SHARE", cache_share)
+    decoder = decoding.Decoder(tiny_llava, static=True)
+    steps = {}
+    for turn in range(2):
+        for rows in (1, 2, 3):
+            batch = tiny_llava.encode(pictures[:rows], ["What is this?"] * rows)
+            decoder.decode(batch, max_new_tokens=3, eos_token_id=-1)
+            step = decoder._static_steps[next(reversed(decoder._static_steps))]
+            assert step.input_ids.shape[0] == rows
+            if turn:
+                assert (step is steps[rows]) == (kept == 3), f"rows={rows}"
+            steps[rows] = step
+            assert len(decoder._static_steps) == min(kept, rows + 3 * turn)
