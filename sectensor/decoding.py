@@ -336,6 +336,12 @@ class Decoder:
         step.cache.reset()
         return step
 
+    def release(self) -> None:
+        """Drop the static steps: their caches and captured graphs. After a batch of base answers a 7B model's two
+        kept caches can hold tens of GB (48 rows of 768 tokens: 19 GB each) that training needs; the next decode
+        makes its step again."""
+        self._static_steps.clear()
+
     def _make_room_for_static_step(self, slots: int) -> None:
         """Before a new step's cache of `slots` (rows × tokens) is made: drop the least recently used steps past
         the newest one while the kept caches and the new one would exceed their share of the device's memory, or

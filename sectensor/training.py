@@ -394,6 +394,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     benign = [sample for sample in samples if sample.split in BENIGN_SPLITS]
     answers = base_answers(lvlm, benign, output_dir / BASE_ANSWERS_NAME, config.max_new_tokens,
                            batch_size=4 * config.batch_size, rank=rank, world_size=world)
+    lvlm.decoder.release()  # the answers' decoding caches, not needed while training
     examples = build_examples(lvlm, samples, config, answers)
     lengths = [example.length for example in examples]
     row_splits = [example.split for example in examples]

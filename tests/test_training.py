@@ -218,6 +218,26 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
         train(config(manifest, tmp_path, kind="visual", max_steps=4, lr=0.5, resume=True), lvlm=tiny_llava)
 
 
+def test_training_starts_without_the_base_answers_decoding_caches(tiny_llava, manifest, tmp_path, monkeypatch):
+    """The static caches that decoded the base answers (tens of GB for a 7B model on a GPU) are dropped before the
+    first training step."""
+    from sectensor import training
+    from sectensor.decoding import Decoder
+
+    decoder = Decoder(tiny_llava, static=True)  # the GPU's decoding path, run eagerly
+    monkeypatch.setattr(tiny_llava, "_decoder", decoder, raising=False)
+    kept_at_steps = []
+
+    def counting_row_losses(*args, **kwargs):
+        kept_at_steps.append(len(decoder._static_steps))
+        return row_losses(*args, **kwargs)
+
+    monkeypatch.setattr(training, "row_losses", counting_row_losses)
+    train(config(manifest, tmp_path, kind="visual", max_steps=2), lvlm=tiny_llava)
+    assert decoder.captures > 0, "the base answers were not decoded over static caches"
+    assert kept_at_steps and set(kept_at_steps) == {0}
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_llava, manifest, tmp_path):
     # An absurd learning rate blows δt up after the first step; the next loss is NaN.
     cfg = config(manifest, tmp_path, kind="textual", lr=1e30, save_every=1)
