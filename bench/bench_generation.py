@@ -8,8 +8,10 @@ compiled step, with the library's decoding loop (`sectensor.decoding.Decoder`, w
 use: prefill, then one CUDA-graph language-model step per token whose linear layers run `sectensor.kernels`), at
 batch 1 and at batch 2 with one protected row (δv; `ours_textual_*`: δt, whose 100 virtual tokens make other
 cache sizes); `variant_cublas_*` is the same loop on cuBLAS's products, and `ours_prefill_*` time the prompt and
-first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens` tokens; measurements
-that share a decoder take turns, `--repeats` rounds, and each figure is the median.
+first token alone. The loop is timed without an end-of-sequence token so that every run makes `--new-tokens`
+tokens; measurements that share a decoder take turns, `--repeats` rounds, and each figure is the median.
+`decoding_steps_captured` counts the decoder's captured steps: one per (batch size, cache size) unless one was
+dropped and captured again.
 The HBM bound is the time to read the weights once per token: bytes of weights / memory bandwidth.
 """
 
@@ -175,7 +177,7 @@ def main() -> None:
             seconds["ours_textual_side_by_side"] / seconds["ours_batch1"], 3)
     if "eager_generate_batch1" in seconds and "ours_batch1" in seconds:
         results["speedup_over_eager"] = round(seconds["eager_generate_batch1"] / seconds["ours_batch1"], 2)
-    results["decoding_steps_captured"] = lvlm.decoder.captures  # one per (batch size, cache size), if none was dropped
+    results["decoding_steps_captured"] = lvlm.decoder.captures
     if device == "cuda":
         results["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     print(json.dumps(results, indent=2))
