@@ -57,14 +57,28 @@ class Batch:
 
     def row(self, index: int) -> "Batch":
         """Row `index` alone (a batch of one), with its own images."""
-        mine = self.image_rows == index
+        keep = torch.zeros(self.size, dtype=torch.bool)
+        keep[index] = True
+        return self.select(keep)
+
+    def select(self, keep: torch.Tensor) -> "Batch":
+        """The rows where `keep` (batch_size,) is True, in order, with their own images; the same columns.
+        Indices are found on the CPU, so that a GPU need not finish its queued work first."""
+        keep = keep.cpu()
+        index = keep.nonzero().squeeze(1)
+        mine = keep[self.image_rows.cpu()]
+        renumbered = (keep.cumsum(0) - 1)[self.image_rows.cpu()[mine]]
+
+        def pick(value: torch.Tensor) -> torch.Tensor:
+            return value[index.to(value.device)]
+
         return Batch(
-            input_ids=self.input_ids[index : index + 1], attention_mask=self.attention_mask[index : index + 1],
-            token_fields={name: value[index : index + 1] for name, value in self.token_fields.items()},
-            image_fields={name: value[mine] for name, value in self.image_fields.items()},
-            image_rows=self.image_rows[mine] * 0,
-            virtual_mask=None if self.virtual_mask is None else self.virtual_mask[index : index + 1],
-            target_mask=None if self.target_mask is None else self.target_mask[index : index + 1],
+            input_ids=pick(self.input_ids), attention_mask=pick(self.attention_mask),
+            token_fields={name: pick(value) for name, value in self.token_fields.items()},
+            image_fields={name: value[mine.to(value.device)] for name, value in self.image_fields.items()},
+            image_rows=renumbered.to(self.image_rows.device),
+            virtual_mask=None if self.virtual_mask is None else pick(self.virtual_mask),
+            target_mask=None if self.target_mask is None else pick(self.target_mask),
         )
 
     def columns(self, start: int, stop: int | None, with_images: bool = True) -> "Batch":

@@ -240,12 +240,16 @@ def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows:
     logits, labels, row_of = lvlm.answer_logits(batch, tensor)  # (num_answer_tokens, vocab_size)
     token_losses = F.cross_entropy(logits, labels, reduction="none")
     if kl_rows is not None and bool(kl_rows.any()):
-        with torch.no_grad():
-            base_logits, _, _ = lvlm.answer_logits(batch, None)
-        log_p = F.log_softmax(logits, dim=-1)
+        kl_rows = kl_rows.cpu()
+        with torch.no_grad():  # the base model's distributions, for the KL rows alone
+            base_logits, _, _ = lvlm.answer_logits(batch.select(kl_rows), None)
+        # The KL rows' answer tokens, in the order both calls list them (row by row), found on the CPU.
+        answer_rows = torch.repeat_interleave(torch.arange(batch.size), batch.target_mask.cpu().sum(1))
+        kl_tokens = kl_rows[answer_rows].nonzero().squeeze(1).to(logits.device, non_blocking=True)
+        log_p = F.log_softmax(logits.index_select(0, kl_tokens), dim=-1)
         log_base = F.log_softmax(base_logits, dim=-1)
         token_kl = (log_base.exp() * (log_base - log_p)).sum(-1)
-        token_losses = torch.where(kl_rows.to(row_of.device)[row_of], token_kl, token_losses)
+        token_losses = token_losses.index_copy(0, kl_tokens, token_kl)
     counts = batch.target_mask.sum(1).clamp(min=1).to(token_losses.device)  # answer tokens per row
     return torch.zeros(batch.size, device=token_losses.device).index_add(0, row_of, token_losses) / counts
 
