@@ -9,7 +9,8 @@ model (image inputs and δt's hook apply as usual), then every new token is one 
     step      decoder(token, position, cache)  → logits of the next token
 
 Where the rows begin alike, pictures included (the app's base row and its δt-protected twin), the prefill runs
-their shared tokens once and then each row's rest on its own, unpadded (`_shared_prefix_length`).
+their shared tokens once: the longest row whole, then each other row's rest on its own, unpadded, reading the
+shared tokens' keys and values from the longest row's (`_shared_prefix_length`).
 
 On GPUs the step is compiled once and captured in a CUDA graph per (batch size, cache size) with its own input
 buffers; the graph also advances the positions, so a step costs the CPU one token copy and one replay, and the
@@ -364,10 +365,11 @@ class Decoder:
             kept -= sizes[key]
 
     def _prefill_sharing(self, batch: Batch, tensor, protect, shared: int) -> tuple[torch.Tensor, object, torch.Tensor]:
-        """Prefill the `shared` leading tokens once (row 0's, with its pictures), then each row's rest on its own,
-        unpadded, reading a copy of their cache. Returns the first new token's logits (batch_size, vocab_size), the
-        batch's cache and its mask (batch_size, shared + longest rest), each row's rest left-padded after the
-        shared part: [shared tokens | padding | rest of the row]."""
+        """Prefill the longest row whole, with its pictures, then each other row's rest on its own, unpadded,
+        reading a copy of the longest row's first `shared` keys and values: the shared tokens run once, in one pass
+        a row. Returns the first new token's logits (batch_size, vocab_size), the batch's cache and its mask
+        (batch_size, shared + longest rest), each row's rest left-padded after the shared part:
+        [shared tokens | padding | rest of the row]."""
         from transformers import DynamicCache
 
         lvlm, config = self.lvlm, self.lvlm.model.config
@@ -384,19 +386,27 @@ class Decoder:
                 return lvlm.model(**inputs, cache_position=positions, use_cache=True, logits_to_keep=1,
                                   **{lvlm.cache_keyword: cache}).logits[:, -1].float()
 
-        first = length - lengths[0]
-        prefix = DynamicCache(config=config)
-        prefilled(batch.row(0).columns(first, first + shared), prefix)
+        def protected(row: int) -> list[bool] | None:
+            return None if protect is None else [protect[row]]
+
+        # The longest row whole, with its pictures: its first `shared` keys and values are every row's.
+        lead = max(range(size), key=lambda row: lengths[row])
+        lead_cache = DynamicCache(config=config)
+        lead_logits = prefilled(batch.row(lead).columns(length - lengths[lead], None), lead_cache, tensor,
+                                protected(lead))
         keys = [layer.keys.new_zeros(size, layer.keys.shape[1], shared + rest, layer.keys.shape[-1])
-                for layer in prefix.layers]
+                for layer in lead_cache.layers]
         values = [torch.zeros_like(buffer) for buffer in keys]
         logits = []
         for row, count in enumerate(lengths):
-            cache = _dynamic_cache(config, [layer.keys for layer in prefix.layers],
-                                   [layer.values for layer in prefix.layers])
-            row_protect = None if protect is None else [protect[row]]
-            logits.append(prefilled(batch.row(row).columns(length - count + shared, None, with_images=False), cache,
-                                    tensor, row_protect))
+            if row == lead:
+                cache = lead_cache
+                logits.append(lead_logits)
+            else:
+                cache = _dynamic_cache(config, [layer.keys[:, :, :shared] for layer in lead_cache.layers],
+                                       [layer.values[:, :, :shared] for layer in lead_cache.layers])
+                logits.append(prefilled(batch.row(row).columns(length - count + shared, None, with_images=False),
+                                        cache, tensor, protected(row)))
             start = shared + rest - (count - shared)  # where this row's rest begins in the batch's cache
             for layer, key_buffer, value_buffer in zip(cache.layers, keys, values):
                 for buffer, computed in ((key_buffer, layer.keys), (value_buffer, layer.values)):

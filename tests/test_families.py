@@ -265,8 +265,8 @@ def test_decoding_loop_gives_generates_tokens(lvlm):
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
 def test_side_by_side_rows_prefill_their_shared_prefix_once_and_decode_as_alone(lvlm, prompt):
     """A base row and its δt-protected twin (the app's side by side) share the chat prefix and the picture: the
-    decoding loop prefills those once and then each row's rest, unpadded; each row still decodes exactly the tokens
-    it decodes alone."""
+    decoding loop prefills those once, in the longest row's pass, and then the other row's rest, unpadded; each row
+    still decodes exactly the tokens it decodes alone."""
     from sectensor.decoding import _shared_prefix_length
 
     if not lvlm.adapter.decodes_with_language_model:
@@ -289,6 +289,7 @@ def test_side_by_side_rows_prefill_their_shared_prefix_once_and_decode_as_alone(
     lengths = batch.attention_mask.sum(1)
     prefill = sum(embedded[:-11])  # the 11 steps after the first token embed one token a row
     assert prefill == (int(shared + (lengths - shared).sum()) if shared else batch.input_ids.numel())
+    assert len(embedded) - 11 == (batch.size if shared else 1)  # one pass a row: the longest whole, then the rests
     alone_base = lvlm.decoder.decode(lvlm.encode(PICTURES[:1], [prompt]), None, None, 12, eos_token_id=-1)
     alone_protected = lvlm.decoder.decode(lvlm.encode(PICTURES[:1], [prompt], virtual_tokens=12), tensor, None, 12,
                                           eos_token_id=-1)
