@@ -64,19 +64,17 @@ class Batch:
     def select(self, keep: torch.Tensor) -> "Batch":
         """The rows where `keep` (batch_size,) is True, in order, with their own images; the same columns.
         Indices are found on the CPU, so that a GPU need not finish its queued work first."""
-        keep = keep.cpu()
-        index = keep.nonzero().squeeze(1)
-        mine = keep[self.image_rows.cpu()]
-        renumbered = (keep.cumsum(0) - 1)[self.image_rows.cpu()[mine]]
+        keep, image_rows = keep.cpu(), self.image_rows.cpu()
+        rows, images = keep.nonzero().squeeze(1), keep[image_rows].nonzero().squeeze(1)
 
-        def pick(value: torch.Tensor) -> torch.Tensor:
-            return value[index.to(value.device)]
+        def pick(value: torch.Tensor, index: torch.Tensor = rows) -> torch.Tensor:
+            return value.index_select(0, index.to(value.device, non_blocking=True))
 
         return Batch(
             input_ids=pick(self.input_ids), attention_mask=pick(self.attention_mask),
             token_fields={name: pick(value) for name, value in self.token_fields.items()},
-            image_fields={name: value[mine.to(value.device)] for name, value in self.image_fields.items()},
-            image_rows=renumbered.to(self.image_rows.device),
+            image_fields={name: pick(value, images) for name, value in self.image_fields.items()},
+            image_rows=(keep.cumsum(0) - 1)[image_rows[images]].to(self.image_rows.device),
             virtual_mask=None if self.virtual_mask is None else pick(self.virtual_mask),
             target_mask=None if self.target_mask is None else pick(self.target_mask),
         )
