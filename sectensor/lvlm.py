@@ -79,6 +79,30 @@ class Batch:
             target_mask=None if self.target_mask is None else pick(self.target_mask),
         )
 
+    def without_virtual_slots(self, pad_id: int) -> "Batch":
+        """The same rows with their δt slots taken out, left-padded again with `pad_id`: the rows as the base
+        model reads them (slots left in would hold the padding token's embedding, which changes its answers)."""
+        if self.virtual_mask is None or not bool(self.virtual_mask.any()):
+            return self
+        real = self.attention_mask.cpu().bool() & ~self.virtual_mask.cpu()  # (batch_size, sequence_length)
+        counts = real.sum(1)
+        width = int(counts.max())
+        rows, columns = real.nonzero(as_tuple=True)  # row by row, left to right
+        placed = real.cumsum(1)[rows, columns] - 1 + (width - counts)[rows]  # each token's column, right-aligned
+
+        def moved(value: torch.Tensor, pad) -> torch.Tensor:
+            out = value.new_full((self.size, width, *value.shape[2:]), pad)
+            device = value.device
+            out[rows.to(device), placed.to(device)] = value[rows.to(device), columns.to(device)]
+            return out
+
+        return Batch(
+            input_ids=moved(self.input_ids, pad_id), attention_mask=moved(self.attention_mask, 0),
+            token_fields={name: moved(value, 0) for name, value in self.token_fields.items()},
+            image_fields=self.image_fields, image_rows=self.image_rows, virtual_mask=None,
+            target_mask=None if self.target_mask is None else moved(self.target_mask, False),
+        )
+
     def columns(self, start: int, stop: int | None, with_images: bool = True) -> "Batch":
         """Token positions start:stop of every row; the images come along unless `with_images` is False."""
         def cut(value):

@@ -236,13 +236,15 @@ def augment_pixels(pixel_values: torch.Tensor, generator: torch.Generator) -> to
 # ---- the objective -------------------------------------------------------------------------------------
 def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row loss (batch_size,): mean token cross-entropy toward the row's answer, or for rows where
-    `kl_rows` (batch_size,) is True the mean token KL(base ‖ with tensor) at the same positions."""
+    `kl_rows` (batch_size,) is True the mean token KL(base ‖ with tensor) at the same positions, the base model
+    reading the row as it would without the tensor (no δt slots)."""
     logits, labels, row_of = lvlm.answer_logits(batch, tensor)  # (num_answer_tokens, vocab_size)
     token_losses = F.cross_entropy(logits, labels, reduction="none")
     if kl_rows is not None and bool(kl_rows.any()):
         kl_rows = kl_rows.cpu()
-        with torch.no_grad():  # the base model's distributions, for the KL rows alone
-            base_logits, _, _ = lvlm.answer_logits(batch.select(kl_rows), None)
+        base_rows = batch.select(kl_rows).without_virtual_slots(lvlm.adapter.placeholder_token_id)
+        with torch.no_grad():  # the base model's distributions, for the KL rows alone, read without δt's slots
+            base_logits, _, _ = lvlm.answer_logits(base_rows, None)
         # The KL rows' answer tokens, in the order both calls list them (row by row), found on the CPU.
         answer_rows = torch.repeat_interleave(torch.arange(batch.size), batch.target_mask.cpu().sum(1))
         kl_tokens = kl_rows[answer_rows].nonzero().squeeze(1).to(logits.device, non_blocking=True)
@@ -578,6 +580,7 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         "augment": config.augment, "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
         **({"threshold": config.threshold} if config.kind == "visual" else {"virtual_tokens": config.virtual_tokens}),
+        **({"kl_base_without_slots": True} if config.kind == "textual" and config.benign_loss == "kl" else {}),
         "wall_seconds": round(wall, 1), "hardware": f"{world} × {hardware_description(device)}",
     }
 

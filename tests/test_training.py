@@ -137,10 +137,11 @@ def test_kl_is_zero_at_the_base_model_and_positive_away_from_it(tiny_llava, mani
     assert (away[kl_rows] > 1e-6).all()
 
 
-def test_kl_rows_base_distributions_computed_apart_give_the_whole_batchs_losses_and_gradient(tiny_llava, manifest,
-                                                                                              tmp_path):
-    """The base model runs on the KL rows alone (an SA row needs no base distribution); each KL row's loss and the
-    gradient are those of the base model run on the whole batch, picture rows and a row without a picture mixed."""
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_kl_toward_the_base_model_as_it_reads_the_rows_on_the_kl_rows_alone(tiny_llava, manifest, tmp_path, kind):
+    """The base model runs on the KL rows alone (an SA row needs no base distribution), and reads them as it does
+    without the tensor: for δt, without the slots. Each row's loss and the gradient equal those computed from the
+    base model run on the whole batch encoded without slots; picture rows and a row without a picture mixed."""
     import torch.nn.functional as F
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -149,26 +150,35 @@ def test_kl_rows_base_distributions_computed_apart_give_the_whole_batchs_losses_
     mixed.write_text("".join(json.dumps(row) + "\n" for row in rows))
     samples = load_manifest(mixed)
     answers = base_answers(tiny_llava, [sample for sample in samples if sample.split != "SA"], max_new_tokens=6)
-    examples = build_examples(tiny_llava, samples, config(mixed, tmp_path, kind="visual"), answers)
-    chosen = [examples[index] for index in (0, 4, 1, 8, 5, 12, 9)]  # SA, TCB, SA, GB, TCB, GB without a picture, GB
-    assert chosen[5].sample.image is None
-    batch = tiny_llava.collate([example.encoding for example in chosen])
-    kl_rows = torch.tensor([example.split != "SA" for example in chosen])
-    tensor = random_start(tiny_llava, "visual", tmp_path / "start")
+    order = (0, 4, 1, 8, 5, 12, 9)  # SA, TCB, SA, GB, TCB, GB without a picture, GB
+
+    def batch_of(examples):
+        return tiny_llava.collate([examples[index].encoding for index in order])
+
+    examples = build_examples(tiny_llava, samples, config(mixed, tmp_path, kind=kind), answers)
+    batch = batch_of(examples)
+    plain = batch_of(build_examples(tiny_llava, samples, config(mixed, tmp_path, kind="visual"), answers))  # no slots
+    without = batch.without_virtual_slots(tiny_llava.adapter.placeholder_token_id)
+    for name in ("input_ids", "attention_mask", "target_mask"):
+        assert torch.equal(getattr(without, name), getattr(plain, name)), name
+    kl_rows = torch.tensor([examples[index].split != "SA" for index in order])
+    tensor = random_start(tiny_llava, kind, tmp_path / "start")
     apart = row_losses(tiny_llava, batch, tensor, kl_rows)
     apart.sum().backward()
     gradient, tensor.delta.grad = tensor.delta.grad.clone(), None
 
     logits, labels, row_of = tiny_llava.answer_logits(batch, tensor)
     with torch.no_grad():
-        base, _, _ = tiny_llava.answer_logits(batch, None)
+        base, _, _ = tiny_llava.answer_logits(plain, None)
     log_p, log_base = F.log_softmax(logits, -1), F.log_softmax(base, -1)
     tokens = torch.where(kl_rows[row_of], (log_base.exp() * (log_base - log_p)).sum(-1),
                          F.cross_entropy(logits, labels, reduction="none"))
     whole = torch.zeros(batch.size).index_add(0, row_of, tokens) / batch.target_mask.sum(1)
     whole.sum().backward()
-    pictured = torch.tensor([example.sample.image is not None for example in chosen])
-    assert (apart[kl_rows & pictured] > 1e-6).all() and apart[5] == 0  # δv leaves a row without a picture alone
+    if kind == "visual":  # δv leaves the row without a picture alone
+        assert apart[5] == 0 and (apart[kl_rows & (torch.arange(7) != 5)] > 1e-6).all()
+    else:
+        assert (apart[kl_rows] > 1e-6).all()
     torch.testing.assert_close(apart, whole, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(gradient, tensor.delta.grad, atol=1e-7, rtol=1e-4)
 
