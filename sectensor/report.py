@@ -463,10 +463,10 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
         run["training"].get("benign_loss") == "kl" and not run["training"].get("kl_base_without_slots")
         for run in entry["runs"])]
     if slotted_kl:
-        lines += ["", "These δt rows were trained with `--benign-loss kl` before a fix to that loss: " + "; ".join(slotted_kl)
-                  + ". Their base distributions came from the rows with δt's slots left in, holding the padding token's",
-                  "embedding, which changes the organism's own answers; since the fix the base model reads the rows without",
-                  "the slots (`sectensor.training.row_losses`). They have not been trained again."]
+        lines += ["", "These δt rows were trained with `--benign-loss kl` before a fix to that loss: "
+                  + "; ".join(slotted_kl) + ". Their base distributions came from the rows with δt's slots left in,",
+                  "holding the padding token's embedding, which changes the organism's own answers; since the fix the base",
+                  "model reads the rows without the slots (`sectensor.training.row_losses`). They have not been trained again."]
     spreads = [max(values) - min(values) for entry in table.values()
                if len(values := [score(r["splits"], base["splits"]) for r in entry["runs"]]) > 1]
     lines += ["", "## Best recipes so far", "", "By the mean over seeds of the selection score (`sectensor.report.score`).",
