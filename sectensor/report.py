@@ -105,8 +105,8 @@ def _recipes() -> list[Recipe]:
                improved["textual"], True),
         # The same flags as δt's improved recipe, trained after the fix to its KL (the base model reads the rows
         # without δt's slots): the improved row above predates it.
-        Recipe("textual-improved-kl-without-slots", "textual", "δt, improved recipe, KL fixed (base read without slots)",
-               TRAINING_TWIN, improved["textual"], True),
+        Recipe("textual-improved-kl-without-slots", "textual",
+               "δt, improved recipe, KL fixed (base read without slots)", TRAINING_TWIN, improved["textual"], True),
         Recipe("visual-improved-lr5e-3", "visual", "δv, improved with lr 5e-3", TRAINING_TWIN,
                _override(visual_improved, ("--lr", "5e-3")), True),
         Recipe("visual-paper-augment", "visual", "δv, paper + augmentation", TRAINING, (*PAPER_BUDGET, "--augment"), True),
