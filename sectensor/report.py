@@ -161,6 +161,7 @@ def _recipes() -> list[Recipe]:
                                _override(text_rows_lr, ("--split-weights", "SA=1", "TCB=2", "GB=2"))),
         "-batch-16-lr4e-4": (", batch 16 for 10 epochs, lr 4e-4", _override(text_rows_b16, ("--lr", "4e-4"))),
         "-sa-x2": (", SA rows weighted 2", _override(text_rows, ("--split-weights", "SA=2", "TCB=1", "GB=1"))),
+        "-lr16e-4-kl": (", lr 16e-4, KL on benign rows", _override(text_rows_lr, ("--benign-loss", "kl"))),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
