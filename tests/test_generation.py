@@ -151,6 +151,29 @@ def test_written_out_step_leaves_dynamic_rotations_to_transformers():
     assert not _LlamaStep.fits(model({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}))
 
 
+def test_static_caches_fit_their_prompts_and_serve_shorter_ones(tiny_llava, pictures):
+    """A new static cache is sized to the next multiple of 64 tokens (every step's attention reads all of it); a
+    shorter prompt reuses a kept cache up to 256 tokens larger than it needs, capturing nothing new."""
+    from sectensor import decoding
+
+    decoder = decoding.Decoder(tiny_llava, static=True)
+    long_prompt = "Please look closely at this picture and tell me, in a few words, " * 2 + "what is this?"
+    batches = {prompt: tiny_llava.encode(pictures[:2], [prompt] * 2) for prompt in ("What is this?", long_prompt)}
+    needed = {prompt: batch.input_ids.shape[1] + 3 for prompt, batch in batches.items()}
+    assert 64 < needed[long_prompt] - needed["What is this?"] <= 192
+
+    decoder.decode(batches[long_prompt], max_new_tokens=3, eos_token_id=-1)
+    assert list(decoder._static_steps) == [(2, -(-needed[long_prompt] // 64) * 64)]
+    decoder.decode(batches["What is this?"], max_new_tokens=3, eos_token_id=-1)
+    assert decoder.captures == 1 and len(decoder._static_steps) == 1
+
+    decoder.release()
+    decoder.decode(batches["What is this?"], max_new_tokens=3, eos_token_id=-1)
+    decoder.decode(batches[long_prompt], max_new_tokens=3, eos_token_id=-1)
+    assert list(decoder._static_steps) == [(2, -(-needed[prompt] // 64) * 64) for prompt in ("What is this?", long_prompt)]
+    assert decoder.captures == 3
+
+
 @pytest.mark.parametrize("cache_share, kept", [(0.05, 3), (0.0, 2)])
 def test_static_steps_of_small_caches_stay_for_their_next_turn(tiny_llava, pictures, monkeypatch, cache_share, kept):
     """Taking turns between three batch sizes (one answer, side by side, ...) reuses each size's static step, with
