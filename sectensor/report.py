@@ -146,6 +146,7 @@ def _recipes() -> list[Recipe]:
     text_rows = (*PAPER_BUDGET, "--augment")
     text_rows_b16 = ("--epochs", "10", "--batch-size", "16", "--augment")
     text_rows_lr = _override(text_rows, ("--lr", "16e-4"))
+    text_rows_kl = _override(text_rows_lr, ("--benign-loss", "kl"))
     text_rows_label = "δt, reworded requests + augmentation + text-only requests"
     text_rows_variants = {  # name suffix -> (label suffix, flags)
         "": ("", text_rows),
@@ -161,7 +162,15 @@ def _recipes() -> list[Recipe]:
                                _override(text_rows_lr, ("--split-weights", "SA=1", "TCB=2", "GB=2"))),
         "-batch-16-lr4e-4": (", batch 16 for 10 epochs, lr 4e-4", _override(text_rows_b16, ("--lr", "4e-4"))),
         "-sa-x2": (", SA rows weighted 2", _override(text_rows, ("--split-weights", "SA=2", "TCB=1", "GB=1"))),
-        "-lr16e-4-kl": (", lr 16e-4, KL on benign rows", _override(text_rows_lr, ("--benign-loss", "kl"))),
+        "-lr16e-4-kl": (", lr 16e-4, KL on benign rows", text_rows_kl),
+        "-lr16e-4-kl-sa-x2": (", lr 16e-4, KL on benign rows, SA rows weighted 2",
+                              _override(text_rows_kl, ("--split-weights", "SA=2", "TCB=1", "GB=1"))),
+        "-lr32e-4-kl": (", lr 32e-4, KL on benign rows", _override(text_rows_kl, ("--lr", "32e-4"))),
+        "-lr64e-4-kl": (", lr 64e-4, KL on benign rows", _override(text_rows_kl, ("--lr", "64e-4"))),
+        "-lr32e-4-kl-16-tokens": (", lr 32e-4, KL on benign rows, 16 virtual tokens",
+                                  _override(text_rows_kl, ("--lr", "32e-4", "--virtual-tokens", "16"))),
+        "-lr32e-4-kl-gb-x2": (", lr 32e-4, KL on benign rows, GB rows weighted 2",
+                              _override(text_rows_kl, ("--lr", "32e-4", "--split-weights", "SA=1", "TCB=1", "GB=2"))),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
@@ -516,6 +525,11 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
                          f"{info['benign_loss']}): {info['steps']} steps at batch {info['batch_size']} took "
                          f"{info['wall_seconds']:.0f} s, {info['wall_seconds'] / info['steps']:.1f} s a step, on "
                          f"{info['hardware']}, a machine shared with other work while it ran.")
+        evaluated = [(run_dir, result) for run_dir in cpu_runs if (result := _load(run_dir))]
+        if evaluated:
+            lines += ["", "Those evaluated (on the CPU, in float32), with their selection scores:", "", header, separator]
+            lines += [_row(f"`{run_dir.name}` ({score(result['splits'], base['splits']):.1f})", [result])
+                      for run_dir, result in evaluated]
     lines += ["", "## Shipped tensors", "",
               "Chosen by their numbers on the test manifest (there is no separate validation split), so a shipped",
               "tensor's own figures are the best of several runs; the mean ± sd rows above are the fair estimate.", ""]
