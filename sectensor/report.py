@@ -147,6 +147,7 @@ def _recipes() -> list[Recipe]:
     text_rows_b16 = ("--epochs", "10", "--batch-size", "16", "--augment")
     text_rows_lr = _override(text_rows, ("--lr", "16e-4"))
     text_rows_kl = _override(text_rows_lr, ("--benign-loss", "kl"))
+    text_rows_kl_lr32 = _override(text_rows_kl, ("--lr", "32e-4"))
     text_rows_label = "δt, reworded requests + augmentation + text-only requests"
     text_rows_variants = {  # name suffix -> (label suffix, flags)
         "": ("", text_rows),
@@ -165,12 +166,12 @@ def _recipes() -> list[Recipe]:
         "-lr16e-4-kl": (", lr 16e-4, KL on benign rows", text_rows_kl),
         "-lr16e-4-kl-sa-x2": (", lr 16e-4, KL on benign rows, SA rows weighted 2",
                               _override(text_rows_kl, ("--split-weights", "SA=2", "TCB=1", "GB=1"))),
-        "-lr32e-4-kl": (", lr 32e-4, KL on benign rows", _override(text_rows_kl, ("--lr", "32e-4"))),
+        "-lr32e-4-kl": (", lr 32e-4, KL on benign rows", text_rows_kl_lr32),
         "-lr64e-4-kl": (", lr 64e-4, KL on benign rows", _override(text_rows_kl, ("--lr", "64e-4"))),
         "-lr32e-4-kl-16-tokens": (", lr 32e-4, KL on benign rows, 16 virtual tokens",
-                                  _override(text_rows_kl, ("--lr", "32e-4", "--virtual-tokens", "16"))),
+                                  _override(text_rows_kl_lr32, ("--virtual-tokens", "16"))),
         "-lr32e-4-kl-gb-x2": (", lr 32e-4, KL on benign rows, GB rows weighted 2",
-                              _override(text_rows_kl, ("--lr", "32e-4", "--split-weights", "SA=1", "TCB=1", "GB=2"))),
+                              _override(text_rows_kl_lr32, ("--split-weights", "SA=1", "TCB=1", "GB=2"))),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
