@@ -148,6 +148,7 @@ def _recipes() -> list[Recipe]:
     text_rows_lr = _override(text_rows, ("--lr", "16e-4"))
     text_rows_kl = _override(text_rows_lr, ("--benign-loss", "kl"))
     text_rows_kl_lr32 = _override(text_rows_kl, ("--lr", "32e-4"))
+    cosine = ("--lr-schedule", "cosine")
     text_rows_label = "δt, reworded requests + augmentation + text-only requests"
     text_rows_variants = {  # name suffix -> (label suffix, flags)
         "": ("", text_rows),
@@ -172,6 +173,12 @@ def _recipes() -> list[Recipe]:
                                   _override(text_rows_kl_lr32, ("--virtual-tokens", "16"))),
         "-lr32e-4-kl-gb-x2": (", lr 32e-4, KL on benign rows, GB rows weighted 2",
                               _override(text_rows_kl_lr32, ("--split-weights", "SA=1", "TCB=1", "GB=2"))),
+        "-lr32e-4-kl-cosine": (", lr 32e-4 decaying (cosine), KL on benign rows",
+                               _override(text_rows_kl_lr32, cosine)),
+        "-lr64e-4-kl-cosine": (", lr 64e-4 decaying (cosine), KL on benign rows",
+                               _override(text_rows_kl_lr32, ("--lr", "64e-4", *cosine))),
+        "-lr32e-4-kl-16-tokens-cosine": (", lr 32e-4 decaying (cosine), KL on benign rows, 16 virtual tokens",
+                                         _override(text_rows_kl_lr32, ("--virtual-tokens", "16", *cosine))),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),

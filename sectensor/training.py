@@ -56,8 +56,9 @@ BENIGN_SPLITS = ("TCB", "GB")
 MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before the run is stopped
 # Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
 # More epochs or steps may be given, to extend a finished run.
-_RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "weight_decay", "splits", "split_weights", "benign_loss",
-                "augment", "threshold", "virtual_tokens", "data")
+_RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "splits", "split_weights",
+                "benign_loss", "augment", "threshold", "virtual_tokens", "data")
+_SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant"}  # what checkpoints written before a setting existed used
 
 
 class TrainingDivergedError(SectensorError):
@@ -313,6 +314,7 @@ def load_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.O
     except (SafetensorError, OSError) as error:
         raise SectensorError(f"cannot resume: {path} is not a readable checkpoint ({error})") from None
     saved = json.loads(metadata.get("settings", "{}"))
+    saved = {**_SETTINGS_BEFORE_THEY_EXISTED, **saved}
     differing = [key for key in _RESUME_KEYS if saved.get(key) != settings.get(key)]
     if differing:
         details = ", ".join(f"{key}: {saved.get(key)!r} → {settings.get(key)!r}" for key in differing)
@@ -476,7 +478,10 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
                 raise _diverged(f"the gradient was not finite {skipped_in_a_row} steps in a row", step, epoch,
                                 checkpoint_path, config)
+            lr = learning_rate(config, step, total_steps)
             if gradient_ok:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 optimizer.step()
             if isinstance(tensor, VisualSecurityTensor):
                 tensor.project_()
@@ -485,7 +490,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             # non-finite loss at the next step).
             if saving and not torch.isfinite(tensor.delta).all():
                 raise _diverged("the tensor's values overflowed", step, epoch, checkpoint_path, config)
-            record = {"step": step + 1, "epoch": epoch + 1, "loss": loss_number, "lr": config.lr,
+            record = {"step": step + 1, "epoch": epoch + 1, "loss": loss_number, "lr": lr,
                       "seconds": round(time.perf_counter() - started, 3), **({} if gradient_ok else {"skipped": True})}
             for index, split in enumerate(("SA", "TCB", "GB")):
                 if counts[index] > 0:
@@ -521,6 +526,14 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     state.wait_for_everyone()
     result.tensor = tensor.cpu()
     return result
+
+
+def learning_rate(config: TrainingConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (from 0). A function of the step alone, so a resumed run follows
+    the same curve as an unbroken one."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return config.lr
 
 
 def _write_figures(output_dir: Path, log_path: Path, tensor: SecurityTensor) -> None:
@@ -576,7 +589,8 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
     return {
         "base_model": config.model, "data": config.data, "splits": "+".join(config.splits), "rows": rows,
         "steps": steps, "epochs": round(steps / steps_per_epoch, 2), "batch_size": config.batch_size,
-        "lr": config.lr, "weight_decay": config.weight_decay, "benign_loss": config.benign_loss,
+        "lr": config.lr, "lr_schedule": config.lr_schedule, "weight_decay": config.weight_decay,
+        "benign_loss": config.benign_loss,
         "augment": config.augment, "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
         **({"threshold": config.threshold} if config.kind == "visual" else {"virtual_tokens": config.virtual_tokens}),

@@ -16,6 +16,7 @@ from .errors import SectensorError
 
 PAPER_LEARNING_RATES = {"visual": 16e-4, "textual": 8e-4}
 BENIGN_LOSSES = ("ce", "kl")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -48,6 +49,7 @@ class TrainingConfig:
     max_steps: int | None = field(default=None, metadata=_help("stop after this many optimizer steps (overrides --epochs)"))
     batch_size: int = field(default=16, metadata=_help("rows per optimizer step, summed over all processes"))
     lr: float | None = field(default=None, metadata=_help("AdamW learning rate (default: the paper's 16e-4 for visual, 8e-4 for textual)"))
+    lr_schedule: str = field(default="constant", metadata=_help("constant: --lr at every step (the paper); cosine: from --lr down to 0 over the run's steps (a run extended with more steps follows the longer curve from where it resumes)", choices=LR_SCHEDULES))
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (pulls δ toward zero)"))
     seed: int = field(default=0, metadata=_help("seed for data order, augmentation and δt initialisation"))
     device: str | None = field(default=None, metadata=_help("cpu, cuda, ... (default: cuda if available; ignored under accelerate launch)"))
@@ -61,6 +63,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.kind not in PAPER_LEARNING_RATES:
             raise SectensorError(f"unknown tensor kind {self.kind!r}; use visual or textual")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SectensorError(f"unknown learning-rate schedule {self.lr_schedule!r}; use constant or cosine")
         if self.benign_loss not in BENIGN_LOSSES:
             raise SectensorError(f"unknown benign loss {self.benign_loss!r}; use ce or kl")
         self.splits = tuple(self.splits)

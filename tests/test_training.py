@@ -224,7 +224,8 @@ def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_
 
 
 def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
-    unbroken = train(config(manifest, tmp_path / "unbroken", kind="visual", augment=True, lr=0.05), lvlm=tiny_llava)
+    settings = {"kind": "visual", "augment": True, "lr": 0.05, "lr_schedule": "cosine"}
+    unbroken = train(config(manifest, tmp_path / "unbroken", **settings), lvlm=tiny_llava)
 
     class Killed(Exception):
         pass
@@ -233,7 +234,7 @@ def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, mani
         if step == 3:
             raise Killed
 
-    broken = config(manifest, tmp_path / "broken", kind="visual", augment=True, lr=0.05)
+    broken = config(manifest, tmp_path / "broken", **settings)
     with pytest.raises(Killed):
         train(broken, lvlm=tiny_llava, on_step=kill_at_step_3)
     before_kill = [json.loads(line) for line in (tmp_path / "broken" / LOG_NAME).read_text().splitlines()]
@@ -250,6 +251,9 @@ def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, mani
     log = [json.loads(line) for line in (tmp_path / "broken" / LOG_NAME).read_text().splitlines()]
     assert [record["step"] for record in log] == [1, 2, 3, 4, 5, 6]
     assert all({"loss", "SA", "TCB", "GB", "epoch", "seconds"} <= set(record) for record in log)
+    # The cosine schedule's rates come from the step alone: from 0.05 down toward 0, the same after resuming.
+    rates = [record["lr"] for record in log]
+    assert rates[0] == 0.05 and all(a > b > 0 for a, b in zip(rates, rates[1:])) and rates[4] < 0.025
     # Time goes on from the checkpoint: the resumed run reports the seconds of all its steps, not of its last part.
     seconds = [record["seconds"] for record in log]
     assert seconds == sorted(seconds) and seconds[2] > before_kill[1]["seconds"]
