@@ -179,6 +179,8 @@ def _recipes() -> list[Recipe]:
                                _override(text_rows_kl_lr32, ("--lr", "64e-4", *cosine))),
         "-lr32e-4-kl-16-tokens-cosine": (", lr 32e-4 decaying (cosine), KL on benign rows, 16 virtual tokens",
                                          _override(text_rows_kl_lr32, ("--virtual-tokens", "16", *cosine))),
+        "-lr32e-4-kl-cosine-40-epochs": (", lr 32e-4 decaying (cosine), KL on benign rows, 40 epochs",
+                                         _override(text_rows_kl_lr32, ("--epochs", "40", *cosine))),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
@@ -206,6 +208,9 @@ def _recipes() -> list[Recipe]:
                TRAINING_TWIN, _override(visual_strong, ("--split-weights", "SA=5", "TCB=1", "GB=1"))),
         Recipe("visual-strong-threshold-3", "visual", "δv, improved with 40 epochs, SA rows weighted 3, clamp ±3",
                TRAINING_TWIN, _override(visual_strong, ("--threshold", "3"))),
+        Recipe("visual-strong-cosine", "visual",
+               "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2, lr decaying (cosine)", TRAINING_TWIN,
+               _override(visual_strong, cosine)),
         *[Recipe(f"textual-text-rows{name}", "textual", f"{text_rows_label}{label}", TRAINING_TEXT, flags)
           for name, (label, flags) in text_rows_variants.items()],
         Recipe("textual-varied-requests-augment-sa-x2", "textual",
