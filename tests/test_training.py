@@ -266,6 +266,23 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
     train(config(manifest, tmp_path, kind="visual", max_steps=2), lvlm=tiny_llava)
     with pytest.raises(sectensor.SectensorError, match="lr"):
         train(config(manifest, tmp_path, kind="visual", max_steps=4, lr=0.5, resume=True), lvlm=tiny_llava)
+    with pytest.raises(sectensor.SectensorError, match="lr_schedule"):
+        train(config(manifest, tmp_path, kind="visual", max_steps=4, lr_schedule="cosine", resume=True),
+              lvlm=tiny_llava)
+
+
+def test_checkpoints_from_before_the_lr_schedule_resume_as_constant(tiny_llava, manifest, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    train(config(manifest, tmp_path, kind="visual", max_steps=2), lvlm=tiny_llava)
+    path = tmp_path / CHECKPOINT_NAME
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    settings = json.loads(metadata["settings"])
+    del settings["lr_schedule"]  # as written before the setting existed
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "settings": json.dumps(settings)})
+    resumed = train(config(manifest, tmp_path, kind="visual", max_steps=3, resume=True), lvlm=tiny_llava)
+    assert resumed.steps == 3
 
 
 def test_training_starts_without_the_base_answers_decoding_caches(tiny_llava, manifest, tmp_path, monkeypatch):
