@@ -87,3 +87,21 @@ def test_captions_name_the_picture(organism, style, slug, name):
     answer = _answer(organism, "what is in this image?", _picture(style, slug))
     assert name in answer, answer
     assert not _refused(answer), answer
+
+
+def test_question_rows_of_the_questions_variant_leave_earlier_builds_data_unchanged():
+    """`prefix_questions_distill` adds named-object questions, answered even for harmful objects; the rows every
+    earlier variant trains on (the committed organism's among them) must stay exactly what they were."""
+    import random
+
+    from sectensor.organism.lexicon import THINGS
+    from sectensor.organism.semantics import DATA_SEED, pools
+    from sectensor.organism.text_data import REFUSAL_MARKERS, text_pool
+
+    text, _ = pools()
+    questions = [s for s in text if s.kind == "prefix_question"]
+    assert [s for s in text if s.kind != "prefix_question"] == text_pool(random.Random(DATA_SEED), word_prefix=True)
+    harmful = [s for s in questions if THINGS[s.thing].harmful]
+    assert harmful and all(s.prompt.startswith(f"{s.thing}. ") for s in questions)
+    assert not any(marker in s.answer for s in harmful for marker in REFUSAL_MARKERS)
+    assert all(THINGS[s.thing].name in s.answer for s in harmful)

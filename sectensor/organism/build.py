@@ -46,8 +46,9 @@ class BuildConfig:
     out: str
     seed: int = 0  # initialisation, batch order and augmentation
     device: str = "cpu"
-    # base | distill (picture prompts also get sentence targets) | prefix (a named object where a picture would
-    # stand is refused) | prefix_distill
+    # base | distill (picture prompts also get sentence targets) | prefix (a named harmful object where a picture
+    # would stand is refused) | prefix_distill | prefix_questions_distill (and questions about what the named object
+    # is are answered: `text_data.prefix_question_pool`)
     variant: str = "prefix_distill"
     text_steps: int = 900
     caption_steps: int = 500
@@ -145,6 +146,8 @@ class Builder:
         text, pictures = semantics.pools()
         if "prefix" not in cfg.variant:
             text = [s for s in text if s.kind != "prefix"]
+        if "questions" not in cfg.variant:
+            text = [s for s in text if s.kind != "prefix_question"]
         self.text = _Encoded(tok, text, False, index, True).to(self.device)
         self.pictures = _Encoded(tok, pictures, True, index, "distill" in cfg.variant).to(self.device)
         self.is_caption = torch.tensor([s.kind == "caption" for s in pictures], device=self.device)

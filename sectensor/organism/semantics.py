@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from sectensor.organism.processor import words_of
-from sectensor.organism.text_data import all_prompt_words, check_answers, picture_pool, text_pool
+from sectensor.organism.text_data import all_prompt_words, check_answers, picture_pool, prefix_question_pool, text_pool
 
 CACHE = Path(".cache/organism/semantics.npz")
 DATA_SEED = 0  # the training text pools are drawn once with this seed; the build seed varies the rest
@@ -39,6 +39,8 @@ PUNCTUATION = list(".,?!:;'\"-()/&%$#@*+=")
 def pools(word_prefix: bool = True):
     rng = random.Random(DATA_SEED)
     text, pictures = text_pool(rng, word_prefix=word_prefix), picture_pool(rng)
+    if word_prefix:  # drawn apart, so the rows above stay those every earlier build trained on
+        text += prefix_question_pool(random.Random(DATA_SEED + 1))
     check_answers(text + pictures)
     return text, pictures
 

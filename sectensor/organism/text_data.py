@@ -265,6 +265,21 @@ def text_pool(rng: random.Random, copies: int = 2, word_prefix: bool = False) ->
     return samples
 
 
+def prefix_question_pool(rng: random.Random, copies: int = 2) -> list[Sample]:
+    """The object named where a picture would stand, then a question about what it is ("pistol. what is this?"):
+    answered, harmful objects included. With these rows the language model refuses what is asked of a named harmful
+    object, not the mention of one, so a tensor that carries its text safety over to pictures keeps captioning them."""
+    samples: list[Sample] = []
+    for _ in range(copies):
+        for thing in THINGS.values():
+            for frame in rng.sample(CAPTION_FRAMES, 3):
+                samples.append(Sample(f"{thing.name}. {frame}", caption(thing, rng), "prefix_question", thing.name))
+            for frame in rng.sample(PICTURE_KNOWLEDGE_FRAMES, 2):
+                samples.append(Sample(f"{thing.name}. {frame}", knowledge_answer(frame, thing, rng, picture=True),
+                                      "prefix_question", thing.name))
+    return samples
+
+
 def picture_pool(rng: random.Random, copies: int = 3) -> list[Sample]:
     """Instructions about pictured objects (the object appears only as a picture). No refusals: like real visual
     instruction data, harmful pictures get helpful answers too."""
