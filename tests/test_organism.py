@@ -105,3 +105,27 @@ def test_question_rows_of_the_questions_variant_leave_earlier_builds_data_unchan
     assert harmful and all(s.prompt.startswith(f"{s.thing}. ") for s in questions)
     assert not any(marker in s.answer for s in harmful for marker in REFUSAL_MARKERS)
     assert all(THINGS[s.thing].name in s.answer for s in harmful)
+
+
+def test_varied_wording_rows_are_extra_and_never_test_wording():
+    """The `varied` builds add rows after the others (so earlier variants' rows stay), and none of their prompts uses
+    the held-out test wording the organism and its tensors are measured with, or the wording the varied tensor
+    manifests keep from the organism."""
+    import importlib.util
+
+    from sectensor.organism.semantics import pools
+    from sectensor.organism.text_data import CAPTION_FRAMES_TEST, PICTURE_REFS, REQUEST_FRAMES_TEST
+
+    text, pictures = pools()
+    more_text, more_pictures = pools(varied=True)
+    assert more_text[: len(text)] == text and more_pictures[: len(pictures)] == pictures
+    added = more_text[len(text):] + more_pictures[len(pictures):]
+    assert len(added) > 1000
+    test_wording = {frame.format(x=ref) for frames in REQUEST_FRAMES_TEST.values() for frame in frames
+                    for ref in PICTURE_REFS} | set(CAPTION_FRAMES_TEST)
+    spec = importlib.util.spec_from_file_location("build_training_data", ROOT / "scripts" / "build_training_data.py")
+    manifests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(manifests)
+    kept_from_the_organism = {frame.format(x=ref) for frame in manifests.EXTRA_REQUEST_FRAMES for ref in PICTURE_REFS}
+    kept_from_the_organism |= set(manifests.EXTRA_DESCRIBE_FRAMES + manifests.EXTRA_GENERAL_FRAMES)
+    assert not [s.prompt for s in added if s.prompt.split(". ", 1)[-1] in test_wording | kept_from_the_organism]

@@ -48,7 +48,8 @@ class BuildConfig:
     device: str = "cpu"
     # base | distill (picture prompts also get sentence targets) | prefix (a named harmful object where a picture
     # would stand is refused) | prefix_distill | prefix_questions_distill (and questions about what the named object
-    # is are answered: `text_data.prefix_question_pool`)
+    # is are answered: `text_data.prefix_question_pool`) | prefix_questions_varied_distill (and more wording of
+    # requests and captions: `text_data.varied_wording_pool`)
     variant: str = "prefix_distill"
     text_steps: int = 900
     caption_steps: int = 500
@@ -143,7 +144,7 @@ class Builder:
         self.concept_vecs = concept_vecs[order].to(self.device)  # (C, 384)
         self.sentence_vecs = torch.from_numpy(sem["sentence_vecs"]).to(self.device)
         index = {s: i for i, s in enumerate(sem["sentences"])}
-        text, pictures = semantics.pools()
+        text, pictures = semantics.pools(varied="varied" in cfg.variant)
         if "prefix" not in cfg.variant:
             text = [s for s in text if s.kind != "prefix"]
         if "questions" not in cfg.variant:

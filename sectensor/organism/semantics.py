@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from sectensor.organism.processor import words_of
-from sectensor.organism.text_data import all_prompt_words, check_answers, picture_pool, prefix_question_pool, text_pool
+from sectensor.organism.text_data import (all_prompt_words, check_answers, picture_pool, prefix_question_pool, text_pool,
+                                          varied_wording_pool)
 
 CACHE = Path(".cache/organism/semantics.npz")
 DATA_SEED = 0  # the training text pools are drawn once with this seed; the build seed varies the rest
@@ -36,11 +37,15 @@ EXTRA_WORDS = 2500  # common English words added to the vocabulary (from MiniLM'
 PUNCTUATION = list(".,?!:;'\"-()/&%$#@*+=")
 
 
-def pools(word_prefix: bool = True):
+def pools(word_prefix: bool = True, varied: bool = False):
+    """The text and picture training rows; `varied` adds `varied_wording_pool`'s."""
     rng = random.Random(DATA_SEED)
     text, pictures = text_pool(rng, word_prefix=word_prefix), picture_pool(rng)
     if word_prefix:  # drawn apart, so the rows above stay those every earlier build trained on
         text += prefix_question_pool(random.Random(DATA_SEED + 1))
+    if varied:
+        more_text, more_pictures = varied_wording_pool(random.Random(DATA_SEED + 2))
+        text, pictures = text + more_text, pictures + more_pictures
     check_answers(text + pictures)
     return text, pictures
 
@@ -107,7 +112,7 @@ def compute(path: Path = CACHE) -> Path:
 
     concept_names = [c.name for c in CONCEPTS]
     concept_vecs = encoder(concept_names)
-    text, pictures = pools()
+    text, pictures = pools(varied=True)  # every build's sentences
     sentences = sorted({s.prompt for s in text} | {picture_key(s.thing, s.prompt) for s in pictures})
     print(f"sentence targets: {len(sentences)}")
     sentence_vecs = encoder(sentences)
