@@ -129,3 +129,18 @@ def test_varied_wording_rows_are_extra_and_never_test_wording():
     kept_from_the_organism = {frame.format(x=ref) for frame in manifests.EXTRA_REQUEST_FRAMES for ref in PICTURE_REFS}
     kept_from_the_organism |= set(manifests.EXTRA_DESCRIBE_FRAMES + manifests.EXTRA_GENERAL_FRAMES)
     assert not [s.prompt for s in added if s.prompt.split(". ", 1)[-1] in test_wording | kept_from_the_organism]
+
+
+def test_vocabulary_takes_minilm_words_in_id_order_whatever_the_mapping_order():
+    """A tokenizer's `get_vocab()` comes in hash order; the organism's vocabulary must not depend on it."""
+    import random
+
+    from sectensor.organism.semantics import EXTRA_WORDS, vocabulary
+
+    minilm = {word: index for index, word in enumerate(["[PAD]", "##s", "the", "of", "zebra", "and", "banana", "quartz"])}
+    shuffled = list(minilm.items())
+    random.Random(0).shuffle(shuffled)
+    words = vocabulary(dict(shuffled))
+    assert words == vocabulary(minilm)
+    templates = vocabulary()
+    assert words[len(templates):] == [w for w in ("of", "zebra", "and", "banana", "quartz") if w not in templates][:EXTRA_WORDS]

@@ -128,6 +128,9 @@ class Builder:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.cpu_gen = torch.Generator().manual_seed(cfg.seed)
         sem = semantics.load()
+        if "varied" not in cfg.variant:  # the words only the varied wording uses stay out (`varied_only_words`)
+            kept = len(sem["words"]) - sem["varied_only_words"]
+            sem["words"], sem["word_vecs"] = sem["words"][:kept], sem["word_vecs"][:kept]
         self.words = sem["words"]
         self.processor = build_processor(self.words)
         tok = self.processor.tokenizer

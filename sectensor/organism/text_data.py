@@ -351,18 +351,23 @@ def all_prompt_words() -> str:
     parts: list[str] = []
     for thing in THINGS.values():
         parts += [thing.name, thing.np, thing.desc]
-    for frames in (*REQUEST_FRAMES.values(), *REQUEST_FRAMES_TEST.values(), *REQUEST_FRAMES_MORE.values()):
+    for frames in (*REQUEST_FRAMES.values(), *REQUEST_FRAMES_TEST.values()):
         parts += frames
     parts += PICTURE_REFS + PICTURE_REFS_TEST + [f for f, _ in ACTIVITY_FRAMES] + [a for _, a in ACTIVITY_FRAMES]
     parts += ACTIVITY_FRAMES_TEST + [f for f, _ in INTENT_FRAMES] + [f for f, _ in INTENT_FRAMES_TEST]
     parts += list(INTENT_REASONS.values()) + KNOWLEDGE_FRAMES + PICTURE_KNOWLEDGE_FRAMES + CAPTION_FRAMES
-    parts += CAPTION_FRAMES_TEST + CAPTION_FRAMES_MORE + REFUSALS + INTENT_REFUSALS + CAPTION_ANSWERS
+    parts += CAPTION_FRAMES_TEST + REFUSALS + INTENT_REFUSALS + CAPTION_ANSWERS
     for answers in HELPFUL_ANSWERS.values():
         parts += answers
     for what, why in HARM_CLASSES.values():
         parts += [what, why]
     parts += ["yes no it is this the a an and of dangerous harmless safe sorry"]
     return "\n".join(parts)
+
+
+def varied_prompt_words() -> str:
+    """The `*_MORE` wording, whose new words only the `varied` builds' vocabulary holds."""
+    return "\n".join([frame for frames in REQUEST_FRAMES_MORE.values() for frame in frames] + CAPTION_FRAMES_MORE)
 
 
 def check_answers(samples: list[Sample]) -> None:
