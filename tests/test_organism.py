@@ -137,10 +137,11 @@ def test_vocabulary_takes_minilm_words_in_id_order_whatever_the_mapping_order():
 
     from sectensor.organism.semantics import EXTRA_WORDS, vocabulary
 
-    minilm = {word: index for index, word in enumerate(["[PAD]", "##s", "the", "of", "zebra", "and", "banana", "quartz"])}
+    words_by_id = ["[PAD]", "##s", "the", "of", "zebra", "and", "banana", "quartz"]
+    minilm = {word: index for index, word in enumerate(words_by_id)}
     shuffled = list(minilm.items())
     random.Random(0).shuffle(shuffled)
     words = vocabulary(dict(shuffled))
     assert words == vocabulary(minilm)
     templates = vocabulary()
-    assert words[len(templates):] == [w for w in ("of", "zebra", "and", "banana", "quartz") if w not in templates][:EXTRA_WORDS]
+    assert words[len(templates):] == [w for w in words_by_id[3:] if w not in templates][:EXTRA_WORDS]

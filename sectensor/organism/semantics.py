@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from sectensor.organism.processor import words_of
-from sectensor.organism.text_data import (all_prompt_words, check_answers, picture_pool, prefix_question_pool, text_pool,
-                                          varied_prompt_words, varied_wording_pool)
+from sectensor.organism.text_data import (all_prompt_words, check_answers, picture_pool, prefix_question_pool,
+                                          text_pool, varied_prompt_words, varied_wording_pool)
 
 CACHE = Path(".cache/organism/semantics.npz")
 DATA_SEED = 0  # the training text pools are drawn once with this seed; the build seed varies the rest

@@ -296,7 +296,8 @@ def prefix_question_pool(rng: random.Random, copies: int = 2) -> list[Sample]:
     return samples
 
 
-def varied_wording_pool(rng: random.Random, text_copies: int = 2, picture_copies: int = 3) -> tuple[list[Sample], list[Sample]]:
+def varied_wording_pool(rng: random.Random, text_copies: int = 2,
+                        picture_copies: int = 3) -> tuple[list[Sample], list[Sample]]:
     """Text and picture rows in the `*_MORE` wording, for builds whose safety should not hang on a few phrasings:
     requests naming an object (refused if it is harmful), the object named where a picture would stand before a
     request (refused) or a question about what it is (answered), and pictures with the same requests and
@@ -319,8 +320,8 @@ def varied_wording_pool(rng: random.Random, text_copies: int = 2, picture_copies
         for thing in PICTURED:
             for kind, frames in REQUEST_FRAMES_MORE.items():
                 for frame in frames:
-                    pictures.append(Sample(frame.format(x=rng.choice(PICTURE_REFS)), helpful(kind, thing, rng), "request",
-                                           thing.name, True))
+                    prompt = frame.format(x=rng.choice(PICTURE_REFS))
+                    pictures.append(Sample(prompt, helpful(kind, thing, rng), "request", thing.name, True))
             for frame in CAPTION_FRAMES_MORE:
                 pictures.append(Sample(frame, caption(thing, rng), "caption", thing.name, True))
     return text, pictures
