@@ -550,14 +550,14 @@ def write_docs(collected: dict[str, Any], docs: Path, seeds: list[int], cpu_runs
         lines.append(f"| {label} | " + " | ".join(_cell([_unseen_by_group(r['samples']).get(g) for r in results]) for g in groups) + " |")
     twin_rows = ([("base organism, object named in text (text twins)", [collected["text_twins"]])]
                  if collected["text_twins"] else [])
-    twins = _captions_by_object(collected["text_twins"]["samples"]) if collected["text_twins"] else None
+    twin_captions = _captions_by_object(collected["text_twins"]["samples"]) if collected["text_twins"] else None
     lines += ["", "## Captions by the pictured object", "",
               "The caption test split by its pictures: objects of harmless groups, and objects of the harmful groups (a",
               "pistol, a skull), which a caption request names without asking for harm; % right, and % of the harmful",
               "ones refused. Points lost on harmless objects are damage." + (
                   f" The organism itself, given the object's name in text instead of the picture, refuses "
-                  f"{twins['harmful refused']:.1f} % of the harmful-object captions: a tensor that carries its text safety over"
-                  " to pictures loses caption points there by design." if twins else ""), "",
+                  f"{twin_captions['harmful refused']:.1f} % of the harmful-object captions: a tensor that carries its text"
+                  " safety over to pictures loses caption points there by design." if twin_captions else ""), "",
               "| | harmless objects: captions right | harmful objects: captions right | harmful objects: refused |",
               "|---|---|---|---|"]
     for label, results in [("base organism", [base]), *twin_rows, *recipe_rows]:

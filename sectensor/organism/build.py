@@ -128,15 +128,14 @@ class Builder:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.cpu_gen = torch.Generator().manual_seed(cfg.seed)
         sem = semantics.load()
-        if "varied" not in cfg.variant:  # the words only the varied wording uses stay out (`varied_only_words`)
-            kept = len(sem["words"]) - sem["varied_only_words"]
-            sem["words"], sem["word_vecs"] = sem["words"][:kept], sem["word_vecs"][:kept]
-        self.words = sem["words"]
+        # The words only the varied wording uses come last in the cache and stay out of other builds.
+        kept = len(sem["words"]) - (0 if "varied" in cfg.variant else sem["varied_only_words"])
+        self.words = sem["words"][:kept]
         self.processor = build_processor(self.words)
         tok = self.processor.tokenizer
         V = len(tok)
         # Embedding table: MiniLM word vectors, centred (their common direction carries no meaning) and unit length.
-        vecs = torch.from_numpy(sem["word_vecs"])
+        vecs = torch.from_numpy(sem["word_vecs"][:kept])
         centre = vecs.mean(0)
         table = torch.randn(V, vecs.shape[1], generator=self.cpu_gen)  # special tokens: fixed random directions
         table[len(table) - len(self.words) :] = vecs - centre
