@@ -3,7 +3,7 @@
     python bench/bench_kernels.py        # on a GPU; prints JSON
 
 Shapes are Llama-2-7B's (the language model of LLaVA-1.5-7B), bfloat16, at 1 and 2 rows (one answer; base +
-protected side by side). Products are captured in a CUDA graph and replayed, so launch overhead does not count,
+protected side by side) and 3–16 (small batches). Products are captured in a CUDA graph and replayed, so launch overhead does not count,
 and cycle through copies of the weight matrix larger together than the GPU's L2 cache, so that every product
 reads its weights from memory, as in a decoding step; bandwidth = bytes of one weight matrix / time of one product.
 """
@@ -19,9 +19,24 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sectensor.kernels import _small_batch_linear_kernel, small_batch_linear  # noqa: E402
+import triton  # noqa: E402
+
+from sectensor.kernels import _configs, _small_batch_linear_kernel, small_batch_linear  # noqa: E402
+
+# The kernel as it was before tensor cores were among its tiles, for comparison: CUDA cores only.
+_cuda_cores_only = triton.autotune(configs=[config for config in _configs() if not config.kwargs["ON_TENSOR_CORES"]],
+                                   key=["N", "K", "ROWS"])(_small_batch_linear_kernel.fn)
+
+
+def cuda_cores_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    n, k = weight.shape
+    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    _cuda_cores_only[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        x, weight, weight, out, n, k, x.stride(0), weight.stride(0), out.stride(0), ROWS=x.shape[0], HAS_BIAS=False)
+    return out
 
 SHAPES = {"q/k/v/o": (4096, 4096), "gate/up": (11008, 4096), "down": (4096, 11008), "lm_head": (32064, 4096)}
+ROWS = (1, 2, 3, 4, 8, 16)
 CALLS = 32
 COPIES_BYTES = 512 * 2**20  # ten times an H100's L2 cache
 
@@ -51,11 +66,14 @@ def main() -> None:
         copies = max(2, COPIES_BYTES // (n * k * 2))
         weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
         weight = weights[0]
-        for rows in (1, 2):
+        for rows in ROWS:
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             error = float((small_batch_linear(x, weight) - F.linear(x, weight)).abs().max())
             entry = {"max_abs_difference": round(error, 4)}
-            for label, function in (("cublas", lambda w: F.linear(x, w)), ("ours", lambda w: small_batch_linear(x, w))):
+            functions = {"cublas": lambda w: F.linear(x, w), "ours": lambda w: small_batch_linear(x, w)}
+            if rows <= 4:  # past that, partial sums for every row no longer fit in registers
+                functions["ours_cuda_cores_only"] = lambda w: cuda_cores_linear(x, w)
+            for label, function in functions.items():
                 seconds = seconds_per_call(function, weights)
                 bandwidth = weight.numel() * weight.element_size() / seconds / 1e12
                 entry[label] = {"us": round(seconds * 1e6, 1), "tb_per_s": round(bandwidth, 2)}
