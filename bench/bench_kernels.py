@@ -3,9 +3,10 @@
     python bench/bench_kernels.py        # on a GPU; prints JSON
 
 Shapes are Llama-2-7B's (the language model of LLaVA-1.5-7B), bfloat16, at 1 and 2 rows (one answer; base +
-protected side by side) and 3–16 (small batches). Products are captured in a CUDA graph and replayed, so launch overhead does not count,
-and cycle through copies of the weight matrix larger together than the GPU's L2 cache, so that every product
-reads its weights from memory, as in a decoding step; bandwidth = bytes of one weight matrix / time of one product.
+protected side by side) and 3–16 (small batches). Products are captured in a CUDA graph and replayed, so launch
+overhead does not count, and cycle through copies of the weight matrix larger together than the GPU's L2 cache, so
+that every product reads its weights from memory, as in a decoding step; bandwidth = bytes of one weight matrix /
+time of one product.
 """
 
 from __future__ import annotations
