@@ -58,7 +58,8 @@ if triton is not None:
                      prune_configs_by={"early_config_prune": _prune_configs})
     @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0,
                         "EVEN_N": lambda args: args["N"] % args["BLOCK_N"] == 0,
-                        "ROW_TILE": lambda args: 16 if args["ON_TENSOR_CORES"] else triton.next_power_of_2(args["ROWS"])})
+                        "ROW_TILE": lambda args: (16 if args["ON_TENSOR_CORES"]
+                                                  else triton.next_power_of_2(args["ROWS"]))})
     @triton.jit
     def _small_batch_linear_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_x, stride_w, stride_out,
                                    ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
