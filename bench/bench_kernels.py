@@ -22,19 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 
-from sectensor.kernels import _configs, _small_batch_linear_kernel, small_batch_linear  # noqa: E402
+from sectensor.kernels import _configs, _launch, _small_batch_linear_kernel, small_batch_linear  # noqa: E402
 
 # The kernel as it was before tensor cores were among its tiles, for comparison: CUDA cores only.
 _cuda_cores_only = triton.autotune(configs=[config for config in _configs() if not config.kwargs["ON_TENSOR_CORES"]],
                                    key=["N", "K", "ROWS"])(_small_batch_linear_kernel.fn)
-
-
-def cuda_cores_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    n, k = weight.shape
-    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
-    _cuda_cores_only[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-        x, weight, weight, out, n, k, x.stride(0), weight.stride(0), out.stride(0), ROWS=x.shape[0], HAS_BIAS=False)
-    return out
 
 SHAPES = {"q/k/v/o": (4096, 4096), "gate/up": (11008, 4096), "down": (4096, 11008), "lm_head": (32064, 4096)}
 ROWS = (1, 2, 3, 4, 8, 16)
@@ -73,7 +65,7 @@ def main() -> None:
             entry = {"max_abs_difference": round(error, 4)}
             functions = {"cublas": lambda w: F.linear(x, w), "ours": lambda w: small_batch_linear(x, w)}
             if rows <= 4:  # past that, partial sums for every row no longer fit in registers
-                functions["ours_cuda_cores_only"] = lambda w: cuda_cores_linear(x, w)
+                functions["ours_cuda_cores_only"] = lambda w: _launch(_cuda_cores_only, x, w, None)
             for label, function in functions.items():
                 seconds = seconds_per_call(function, weights)
                 bandwidth = weight.numel() * weight.element_size() / seconds / 1e12

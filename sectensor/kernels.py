@@ -108,14 +108,18 @@ if triton is not None:
 @torch.library.custom_op("sectensor::small_batch_linear", mutates_args=())
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for x of at most `MAX_ROWS[x.dtype]` rows (all leading dimensions together)."""
+    return _launch(_small_batch_linear_kernel, x, weight, bias)
+
+
+def _launch(kernel, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Runs `kernel` (the autotuned kernel, or a benchmark's variant of it with other tiles) on x's rows."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     n, k = weight.shape
     out = torch.empty(rows.shape[0], n, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     with torch.cuda.device(x.device):  # Triton launches on the current device, which may not be the model's
-        _small_batch_linear_kernel[grid](
-            rows, weight, bias if bias is not None else weight, out, n, k, rows.stride(0), weight.stride(0),
-            out.stride(0), ROWS=rows.shape[0], HAS_BIAS=bias is not None)
+        kernel[grid](rows, weight, bias if bias is not None else weight, out, n, k, rows.stride(0), weight.stride(0),
+                     out.stride(0), ROWS=rows.shape[0], HAS_BIAS=bias is not None)
     return out.reshape(*x.shape[:-1], n)
 
 

@@ -70,10 +70,9 @@ def vocabulary(minilm_vocab: dict[str, int] | None = None) -> list[str]:
         if word not in words:
             words.append(word)
     if minilm_vocab:
-        minilm_vocab = sorted(minilm_vocab, key=minilm_vocab.__getitem__)
-        start = minilm_vocab.index("the")
+        by_id = sorted(minilm_vocab, key=minilm_vocab.__getitem__)
         seen = set(words)
-        extra = [w for w in minilm_vocab[start:] if w.isalpha() and w.isascii() and w not in seen]
+        extra = [w for w in by_id[by_id.index("the"):] if w.isalpha() and w.isascii() and w not in seen]
         words += extra[:EXTRA_WORDS]
     return words
 
