@@ -107,28 +107,70 @@ def test_question_rows_of_the_questions_variant_leave_earlier_builds_data_unchan
     assert all(THINGS[s.thing].name in s.answer for s in harmful)
 
 
-def test_varied_wording_rows_are_extra_and_never_test_wording():
-    """The `varied` builds add rows after the others (so earlier variants' rows stay), and none of their prompts uses
-    the held-out test wording the organism and its tensors are measured with, or the wording the varied tensor
-    manifests keep from the organism."""
+def _wording_kept_out_of_the_organism() -> set[str]:
+    """The held-out test wording the organism and its tensors are measured with, and the wording the tensor
+    manifests keep from the organism (as picture prompts)."""
     import importlib.util
 
-    from sectensor.organism.semantics import pools
     from sectensor.organism.text_data import CAPTION_FRAMES_TEST, PICTURE_REFS, REQUEST_FRAMES_TEST
 
-    text, pictures = pools()
-    more_text, more_pictures = pools(varied=True)
-    assert more_text[: len(text)] == text and more_pictures[: len(pictures)] == pictures
-    added = more_text[len(text):] + more_pictures[len(pictures):]
-    assert len(added) > 1000
     test_wording = {frame.format(x=ref) for frames in REQUEST_FRAMES_TEST.values() for frame in frames
                     for ref in PICTURE_REFS} | set(CAPTION_FRAMES_TEST)
     spec = importlib.util.spec_from_file_location("build_training_data", ROOT / "scripts" / "build_training_data.py")
     manifests = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(manifests)
     kept_from_the_organism = {frame.format(x=ref) for frame in manifests.EXTRA_REQUEST_FRAMES for ref in PICTURE_REFS}
-    kept_from_the_organism |= set(manifests.EXTRA_DESCRIBE_FRAMES + manifests.EXTRA_GENERAL_FRAMES)
-    assert not [s.prompt for s in added if s.prompt.split(". ", 1)[-1] in test_wording | kept_from_the_organism]
+    return test_wording | kept_from_the_organism | set(manifests.EXTRA_DESCRIBE_FRAMES + manifests.EXTRA_GENERAL_FRAMES)
+
+
+@pytest.mark.parametrize("before, after", [({}, {"varied": True}),
+                                           ({"varied": True}, {"varied": True, "grammar": True})])
+def test_added_wording_rows_are_extra_and_never_test_wording(before, after):
+    """The `varied` and `grammar` builds add rows after the others (so earlier variants' rows stay), and none of their
+    prompts uses the held-out test wording or the wording the tensor manifests keep from the organism."""
+    from sectensor.organism.semantics import pools
+
+    text, pictures = pools(**before)
+    more_text, more_pictures = pools(**after)
+    assert more_text[: len(text)] == text and more_pictures[: len(pictures)] == pictures
+    added = more_text[len(text):] + more_pictures[len(pictures):]
+    assert len(added) > 1000
+    kept_out = _wording_kept_out_of_the_organism()
+    assert not [s.prompt for s in added if s.prompt.split(". ", 1)[-1] in kept_out]
+
+
+def test_grammar_rows_refuse_what_is_asked_of_a_harmful_object_not_its_mention():
+    """In the grammar's text rows a named harmful object is refused when something is asked of it and captioned when
+    the question is what a picture shows; pictures are never refused."""
+    from sectensor.organism.lexicon import THINGS
+    from sectensor.organism.semantics import pools
+    from sectensor.organism.text_data import REFUSAL_MARKERS
+
+    def refused(sample):
+        return any(marker in sample.answer for marker in REFUSAL_MARKERS)
+
+    text, pictures = pools(varied=True)
+    more_text, more_pictures = pools(varied=True, grammar=True)
+    rows, picture_rows = more_text[len(text):], more_pictures[len(pictures):]
+    harmful = [s for s in rows if THINGS[s.thing].harmful]
+    questions = [s for s in harmful if s.kind == "prefix_question"]
+    requests = [s for s in harmful if s.kind in ("request", "prefix")]
+    assert questions and requests and picture_rows
+    assert all(s.thing in s.answer and not refused(s) for s in questions)
+    assert all(refused(s) for s in requests)
+    assert not any(refused(s) for s in picture_rows)
+    assert not any(refused(s) for s in rows if not THINGS[s.thing].harmful)
+
+
+def test_a_grammar_build_needs_the_varied_words():
+    from sectensor.organism.semantics import kept_words
+
+    sem = {"words": ["a", "b", "varied", "grammar"], "varied_only_words": 1, "grammar_only_words": 1}
+    assert kept_words(sem, "prefix_distill") == ["a", "b"]
+    assert kept_words(sem, "prefix_questions_varied_distill") == ["a", "b", "varied"]
+    assert kept_words(sem, "prefix_questions_varied_grammar_distill") == sem["words"]
+    with pytest.raises(ValueError, match="varied"):
+        kept_words(sem, "prefix_grammar_distill")
 
 
 def test_vocabulary_takes_minilm_words_in_id_order_whatever_the_mapping_order():

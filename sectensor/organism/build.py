@@ -49,7 +49,8 @@ class BuildConfig:
     # base | distill (picture prompts also get sentence targets) | prefix (a named harmful object where a picture
     # would stand is refused) | prefix_distill | prefix_questions_distill (and questions about what the named object
     # is are answered: `text_data.prefix_question_pool`) | prefix_questions_varied_distill (and more wording of
-    # requests and captions: `text_data.varied_wording_pool`)
+    # requests and captions: `text_data.varied_wording_pool`) | prefix_questions_varied_grammar_distill (and requests
+    # and picture questions built from parts: `text_data.grammar_wording_pool`)
     variant: str = "prefix_distill"
     text_steps: int = 900
     caption_steps: int = 500
@@ -128,9 +129,8 @@ class Builder:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.cpu_gen = torch.Generator().manual_seed(cfg.seed)
         sem = semantics.load()
-        # The words only the varied wording uses come last in the cache and stay out of other builds.
-        kept = len(sem["words"]) - (0 if "varied" in cfg.variant else sem["varied_only_words"])
-        self.words = sem["words"][:kept]
+        self.words = semantics.kept_words(sem, cfg.variant)
+        kept = len(self.words)
         self.processor = build_processor(self.words)
         tok = self.processor.tokenizer
         V = len(tok)
@@ -146,7 +146,7 @@ class Builder:
         self.concept_vecs = concept_vecs[order].to(self.device)  # (C, 384)
         self.sentence_vecs = torch.from_numpy(sem["sentence_vecs"]).to(self.device)
         index = {s: i for i, s in enumerate(sem["sentences"])}
-        text, pictures = semantics.pools(varied="varied" in cfg.variant)
+        text, pictures = semantics.pools(varied="varied" in cfg.variant, grammar="grammar" in cfg.variant)
         if "prefix" not in cfg.variant:
             text = [s for s in text if s.kind != "prefix"]
         if "questions" not in cfg.variant:

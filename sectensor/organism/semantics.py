@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from sectensor.organism.processor import words_of
-from sectensor.organism.text_data import (all_prompt_words, check_answers, picture_pool, prefix_question_pool,
-                                          text_pool, varied_prompt_words, varied_wording_pool)
+from sectensor.organism.text_data import (all_prompt_words, check_answers, grammar_prompt_words, grammar_wording_pool,
+                                          picture_pool, prefix_question_pool, text_pool, varied_prompt_words,
+                                          varied_wording_pool)
 
 CACHE = Path(".cache/organism/semantics.npz")
 DATA_SEED = 0  # the training text pools are drawn once with this seed; the build seed varies the rest
@@ -37,14 +38,18 @@ EXTRA_WORDS = 2500  # English words added to the vocabulary (MiniLM's own word l
 PUNCTUATION = list(".,?!:;'\"-()/&%$#@*+=")
 
 
-def pools(word_prefix: bool = True, varied: bool = False):
-    """The text and picture training rows; `varied` adds `varied_wording_pool`'s."""
+def pools(word_prefix: bool = True, varied: bool = False, grammar: bool = False):
+    """The text and picture training rows; `varied` adds `varied_wording_pool`'s, `grammar` then
+    `grammar_wording_pool`'s (each from its own random stream, so the rows before them stay the same)."""
     rng = random.Random(DATA_SEED)
     text, pictures = text_pool(rng, word_prefix=word_prefix), picture_pool(rng)
     if word_prefix:  # drawn apart, so the rows above stay those every earlier build trained on
         text += prefix_question_pool(random.Random(DATA_SEED + 1))
     if varied:
         more_text, more_pictures = varied_wording_pool(random.Random(DATA_SEED + 2))
+        text, pictures = text + more_text, pictures + more_pictures
+    if grammar:
+        more_text, more_pictures = grammar_wording_pool(random.Random(DATA_SEED + 3))
         text, pictures = text + more_text, pictures + more_pictures
     check_answers(text + pictures)
     return text, pictures
@@ -80,8 +85,30 @@ def vocabulary(minilm_vocab: dict[str, int] | None = None) -> list[str]:
 def varied_only_words(words: list[str]) -> list[str]:
     """Words of the `varied` builds' extra wording missing from `words`: the cache lists them after the vocabulary,
     and only those builds take them, so every other build keeps its word ids."""
+    return _missing(words, varied_prompt_words())
+
+
+def grammar_only_words(words: list[str]) -> list[str]:
+    """Words of the `grammar` builds' wording missing from `words` (the vocabulary and the varied words): the cache
+    lists them last."""
+    return _missing(words, grammar_prompt_words())
+
+
+def _missing(words: list[str], text: str) -> list[str]:
     known = set(words)
-    return sorted({word for word in words_of(varied_prompt_words()) if word not in known})
+    return sorted({word for word in words_of(text) if word not in known})
+
+
+def kept_words(sem: dict, variant: str) -> list[str]:
+    """The cached words a build variant's vocabulary holds: the grammar words for `grammar` builds (which need the
+    varied ones too), the varied words for `varied` builds, the rest for every build."""
+    grammar, varied = "grammar" in variant, "varied" in variant
+    if grammar and not varied:
+        raise ValueError(f"variant {variant!r}: a grammar build needs the varied wording too "
+                         "(name it '..._varied_grammar_...')")
+    words = sem["words"]
+    return words[: len(words) - (0 if grammar else sem["grammar_only_words"])
+                 - (0 if varied else sem["varied_only_words"])]
 
 
 class _Encoder:
@@ -117,13 +144,16 @@ def compute(path: Path = CACHE) -> Path:
     words = vocabulary(encoder.tokenizer.get_vocab())
     varied_only = varied_only_words(words)
     words += varied_only
-    print(f"vocabulary: {len(words)} words ({len(varied_only)} for the varied builds only)")
+    grammar_only = grammar_only_words(words)
+    words += grammar_only
+    print(f"vocabulary: {len(words)} words ({len(varied_only)} for the varied builds only, {len(grammar_only)} for"
+          " the grammar builds only)")
     word_vecs = encoder(words)
     from sectensor.concepts import CONCEPTS
 
     concept_names = [c.name for c in CONCEPTS]
     concept_vecs = encoder(concept_names)
-    text, pictures = pools(varied=True)  # every build's sentences
+    text, pictures = pools(varied=True, grammar=True)  # every build's sentences
     sentences = sorted({s.prompt for s in text} | {picture_key(s.thing, s.prompt) for s in pictures})
     print(f"sentence targets: {len(sentences)}")
     sentence_vecs = encoder(sentences)
@@ -132,7 +162,7 @@ def compute(path: Path = CACHE) -> Path:
         path, words=np.array(json.dumps(words)), word_vecs=word_vecs.astype(np.float16),
         concept_names=np.array(json.dumps(concept_names)), concept_vecs=concept_vecs.astype(np.float16),
         sentences=np.array(json.dumps(sentences)), sentence_vecs=sentence_vecs.astype(np.float16),
-        varied_only_words=np.array(len(varied_only)),
+        varied_only_words=np.array(len(varied_only)), grammar_only_words=np.array(len(grammar_only)),
     )
     return path
 
@@ -144,6 +174,7 @@ def load(path: Path = CACHE) -> dict:
         "concept_names": json.loads(str(data["concept_names"])), "concept_vecs": data["concept_vecs"].astype(np.float32),
         "sentences": json.loads(str(data["sentences"])), "sentence_vecs": data["sentence_vecs"].astype(np.float32),
         "varied_only_words": int(data["varied_only_words"]) if "varied_only_words" in data else 0,
+        "grammar_only_words": int(data["grammar_only_words"]) if "grammar_only_words" in data else 0,
     }
 
 

@@ -68,6 +68,59 @@ CAPTION_FRAMES_MORE = ["what are you looking at here?", "tell me the name of thi
                        "what is the subject of this picture?", "please describe the image.", "name what you see.",
                        "what is this picture of?", "identify the item in the picture.",
                        "what is the main thing in this image?", "give a short description of this picture."]
+# Wording built from parts, for the `grammar` builds only (`grammar_wording_pool`): requests and questions about what
+# a picture shows, each in dozens of phrasings, so that the language model learns to refuse what is asked of a harmful
+# object rather than a few familiar sentences. None of it is test wording (tested).
+GRAMMAR_OPENERS = ["", "can you ", "could you ", "please ", "would you ", "i want you to "]
+GRAMMAR_REQUEST_VERBS = {
+    "make": ["tell me how to make", "explain how to build", "show me how to create", "describe how to put together",
+             "teach me how to construct", "give me a plan to build"],
+    "get": ["tell me where to buy", "explain where to find", "show me where to get", "tell me who sells",
+            "find me a shop that has", "tell me the cheapest way to get"],
+    "use": ["tell me how to use", "explain how to work", "show me how to hold", "describe how to use",
+            "teach me how to use", "give me advice on using"],
+}
+GRAMMAR_REQUEST_QUESTIONS = {
+    "make": ["how {aux} {who} make {x}?", "how {aux} {who} build {x}?", "what {aux} {who} need to create {x}?"],
+    "get": ["where {aux} {who} buy {x}?", "where {aux} {who} find {x}?", "how {aux} {who} get {x}?"],
+    "use": ["how {aux} {who} use {x}?", "how {aux} {who} work {x}?"],
+}
+GRAMMAR_AUX, GRAMMAR_WHO = ["do", "can", "could", "should"], ["we", "people", "they"]
+GRAMMAR_DESCRIBE_VERBS = ["tell me what", "describe what", "explain what", "name what", "identify what", "write what"]
+GRAMMAR_PICTURES = ["this image", "this picture", "the photo", "the picture", "this drawing", "the drawing",
+                    "this photo", "this icon", "the illustration"]
+GRAMMAR_PREDICATES = ["shows", "is showing", "displays", "has in it", "is about", "presents", "features", "is of"]
+GRAMMAR_DESCRIBE_QUESTIONS = ["what {noun} is there in {pic}?", "which {noun} is shown in {pic}?",
+                              "what {noun} appears in {pic}?", "what is the main {noun} in {pic}?",
+                              "what {noun} do you see in {pic}?", "what {noun} can you find in {pic}?",
+                              "what does {pic} show?", "what is {pic} of?"]
+GRAMMAR_NOUNS = ["thing", "object", "item", "figure"]
+
+
+def _opened(opener: str, clause: str) -> str:
+    """`clause` after `opener`, as a question when the opener asks one ("can you tell me ... ?")."""
+    return f"{opener}{clause}" + ("?" if opener.rstrip() in ("can you", "could you", "would you") else ".")
+
+
+def grammar_request_frames() -> dict[str, list[str]]:
+    """kind -> every request the grammar builds, with {x} for the object."""
+    frames: dict[str, list[str]] = {}
+    for kind, verbs in GRAMMAR_REQUEST_VERBS.items():
+        frames[kind] = [_opened(opener, f"{verb} {{x}}") for opener in GRAMMAR_OPENERS for verb in verbs]
+        frames[kind] += [question.format(aux=aux, who=who, x="{x}") for question in GRAMMAR_REQUEST_QUESTIONS[kind]
+                         for aux in GRAMMAR_AUX for who in GRAMMAR_WHO]
+    return frames
+
+
+def grammar_describe_frames() -> list[str]:
+    """Every question about what a picture shows that the grammar builds."""
+    frames = [_opened(opener, f"{verb} {pic} {predicate}") for opener in GRAMMAR_OPENERS
+              for verb in GRAMMAR_DESCRIBE_VERBS for pic in GRAMMAR_PICTURES for predicate in GRAMMAR_PREDICATES]
+    frames += [question.format(noun=noun, pic=pic) for question in GRAMMAR_DESCRIBE_QUESTIONS
+               for noun in GRAMMAR_NOUNS for pic in GRAMMAR_PICTURES]
+    return sorted(set(frames))
+
+
 # How picture prompts refer to the pictured object.
 PICTURE_REFS = ["this", "one of these", "the thing in the picture", "the object in this image", "this thing"]
 PICTURE_REFS_TEST = ["this", "one of these"]
@@ -327,6 +380,37 @@ def varied_wording_pool(rng: random.Random, text_copies: int = 2,
     return text, pictures
 
 
+def grammar_wording_pool(rng: random.Random, text_copies: int = 2,
+                         picture_copies: int = 3) -> tuple[list[Sample], list[Sample]]:
+    """Text and picture rows in the grammar's wording: requests naming an object, inline or where a picture would stand
+    (refused if it is harmful), questions about what a picture shows with the object named there (answered, harmful
+    objects included), and pictures with the same requests and questions (answered)."""
+    requests, describe = grammar_request_frames(), grammar_describe_frames()
+    text: list[Sample] = []
+    for _ in range(text_copies):
+        for thing in THINGS.values():
+            for kind, frames in requests.items():
+                for frame in rng.sample(frames, 3):
+                    answer = refusal(thing, rng) if thing.harmful else helpful(kind, thing, rng)
+                    text.append(Sample(frame.format(x=thing.np), answer, "request", thing.name))
+                for frame in rng.sample(frames, 2):
+                    answer = refusal(thing, rng) if thing.harmful else helpful(kind, thing, rng)
+                    text.append(Sample(f"{thing.name}. " + frame.format(x=rng.choice(PICTURE_REFS)), answer, "prefix",
+                                       thing.name))
+            for frame in rng.sample(describe, 6):
+                text.append(Sample(f"{thing.name}. {frame}", caption(thing, rng), "prefix_question", thing.name))
+    pictures: list[Sample] = []
+    for _ in range(picture_copies):
+        for thing in PICTURED:
+            for kind, frames in requests.items():
+                for frame in rng.sample(frames, 3):
+                    prompt = frame.format(x=rng.choice(PICTURE_REFS))
+                    pictures.append(Sample(prompt, helpful(kind, thing, rng), "request", thing.name, True))
+            for frame in rng.sample(describe, 8):
+                pictures.append(Sample(frame, caption(thing, rng), "caption", thing.name, True))
+    return text, pictures
+
+
 def picture_pool(rng: random.Random, copies: int = 3) -> list[Sample]:
     """Instructions about pictured objects (the object appears only as a picture). No refusals: like real visual
     instruction data, harmful pictures get helpful answers too."""
@@ -369,6 +453,12 @@ def all_prompt_words() -> str:
 def varied_prompt_words() -> str:
     """The `*_MORE` wording, whose new words only the `varied` builds' vocabulary holds."""
     return "\n".join([frame for frames in REQUEST_FRAMES_MORE.values() for frame in frames] + CAPTION_FRAMES_MORE)
+
+
+def grammar_prompt_words() -> str:
+    """The grammar's wording, whose new words only the `grammar` builds' vocabulary holds."""
+    return "\n".join([frame for frames in grammar_request_frames().values() for frame in frames]
+                     + grammar_describe_frames())
 
 
 def check_answers(samples: list[Sample]) -> None:
