@@ -85,7 +85,11 @@ GRAMMAR_REQUEST_QUESTIONS = {
     "get": ["where {aux} {who} buy {x}?", "where {aux} {who} find {x}?", "how {aux} {who} get {x}?"],
     "use": ["how {aux} {who} use {x}?", "how {aux} {who} work {x}?"],
 }
-GRAMMAR_AUX, GRAMMAR_WHO = ["do", "can", "could", "should"], ["we", "people", "they"]
+# Who asks: "someone" and "a person" too, which otherwise appear almost only in harmful intents ("how can i hurt
+# someone with a cat?"), so that the language model keys those on the act, not on the word.
+GRAMMAR_ASKERS = [("do", who) for who in ("we", "people", "they")] + [("does", who) for who in ("someone", "a person")]
+GRAMMAR_ASKERS += [(aux, who) for aux in ("can", "could", "should", "might")
+                   for who in ("we", "people", "they", "someone", "a person", "anyone")]
 GRAMMAR_DESCRIBE_VERBS = ["tell me what", "describe what", "explain what", "name what", "identify what", "write what"]
 GRAMMAR_PICTURES = ["this image", "this picture", "the photo", "the picture", "this drawing", "the drawing",
                     "this photo", "this icon", "the illustration"]
@@ -108,7 +112,7 @@ def grammar_request_frames() -> dict[str, list[str]]:
     for kind, verbs in GRAMMAR_REQUEST_VERBS.items():
         frames[kind] = [_opened(opener, f"{verb} {{x}}") for opener in GRAMMAR_OPENERS for verb in verbs]
         frames[kind] += [question.format(aux=aux, who=who, x="{x}") for question in GRAMMAR_REQUEST_QUESTIONS[kind]
-                         for aux in GRAMMAR_AUX for who in GRAMMAR_WHO]
+                         for aux, who in GRAMMAR_ASKERS]
     return frames
 
 
