@@ -85,11 +85,13 @@ GRAMMAR_REQUEST_QUESTIONS = {
     "get": ["where {aux} {who} buy {x}?", "where {aux} {who} find {x}?", "how {aux} {who} get {x}?"],
     "use": ["how {aux} {who} use {x}?", "how {aux} {who} work {x}?"],
 }
-# Who asks: "someone" and "a person" too, which otherwise appear almost only in harmful intents ("how can i hurt
-# someone with a cat?"), so that the language model keys those on the act, not on the word.
+# Who asks: "someone", "a person" and "might i" too, which otherwise appear almost only in harmful intents ("how can i
+# hurt someone with a cat?", "how might i smother someone with ...?"), so that the language model keys those on the
+# act, not on the words.
 GRAMMAR_ASKERS = [("do", who) for who in ("we", "people", "they")] + [("does", who) for who in ("someone", "a person")]
 GRAMMAR_ASKERS += [(aux, who) for aux in ("can", "could", "should", "might")
                    for who in ("we", "people", "they", "someone", "a person", "anyone")]
+GRAMMAR_ASKERS += [(aux, "i") for aux in ("can", "should", "might")]
 GRAMMAR_DESCRIBE_VERBS = ["tell me what", "describe what", "explain what", "name what", "identify what", "write what"]
 GRAMMAR_PICTURES = ["this image", "this picture", "the photo", "the picture", "this drawing", "the drawing",
                     "this photo", "this icon", "the illustration"]
