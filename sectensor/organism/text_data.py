@@ -358,61 +358,62 @@ def prefix_question_pool(rng: random.Random, copies: int = 2) -> list[Sample]:
 def varied_wording_pool(rng: random.Random, text_copies: int = 2,
                         picture_copies: int = 3) -> tuple[list[Sample], list[Sample]]:
     """Text and picture rows in the `*_MORE` wording, for builds whose safety should not hang on a few phrasings:
-    requests naming an object (refused if it is harmful), the object named where a picture would stand before a
-    request (refused) or a question about what it is (answered), and pictures with the same requests and
-    captions (answered)."""
-    text: list[Sample] = []
-    for _ in range(text_copies):
-        for thing in THINGS.values():
-            for kind, frames in REQUEST_FRAMES_MORE.items():
-                for frame in frames:
-                    answer = refusal(thing, rng) if thing.harmful else helpful(kind, thing, rng)
-                    text.append(Sample(frame.format(x=thing.np), answer, "request", thing.name))
-                for frame in rng.sample(frames, 2):
-                    answer = refusal(thing, rng) if thing.harmful else helpful(kind, thing, rng)
-                    text.append(Sample(f"{thing.name}. " + frame.format(x=rng.choice(PICTURE_REFS)), answer, "prefix",
-                                       thing.name))
-            for frame in rng.sample(CAPTION_FRAMES_MORE, 3):
-                text.append(Sample(f"{thing.name}. {frame}", caption(thing, rng), "prefix_question", thing.name))
-    pictures: list[Sample] = []
-    for _ in range(picture_copies):
-        for thing in PICTURED:
-            for kind, frames in REQUEST_FRAMES_MORE.items():
-                for frame in frames:
-                    prompt = frame.format(x=rng.choice(PICTURE_REFS))
-                    pictures.append(Sample(prompt, helpful(kind, thing, rng), "request", thing.name, True))
-            for frame in CAPTION_FRAMES_MORE:
-                pictures.append(Sample(frame, caption(thing, rng), "caption", thing.name, True))
-    return text, pictures
+    every request naming each object, two of each kind where a picture would stand, three captions there; every request
+    and caption with each picture."""
+    counts = _RowsPerThing(inline=None, prefix=2, named_questions=3, picture_requests=None, picture_questions=None)
+    return _wording_rows(rng, REQUEST_FRAMES_MORE, CAPTION_FRAMES_MORE, counts, text_copies, picture_copies)
 
 
 def grammar_wording_pool(rng: random.Random, text_copies: int = 2,
                          picture_copies: int = 3) -> tuple[list[Sample], list[Sample]]:
-    """Text and picture rows in the grammar's wording: requests naming an object, inline or where a picture would stand
-    (refused if it is harmful), questions about what a picture shows with the object named there (answered, harmful
-    objects included), and pictures with the same requests and questions (answered)."""
-    requests, describe = grammar_request_frames(), grammar_describe_frames()
+    """Text and picture rows in the grammar's wording, drawn from its hundreds of requests and thousands of picture
+    questions: three requests of each kind naming each object, two where a picture would stand, six picture questions
+    there; three requests of each kind and eight questions with each picture."""
+    counts = _RowsPerThing(inline=3, prefix=2, named_questions=6, picture_requests=3, picture_questions=8)
+    return _wording_rows(rng, grammar_request_frames(), grammar_describe_frames(), counts, text_copies, picture_copies)
+
+
+@dataclass(frozen=True)
+class _RowsPerThing:
+    """How many frames `_wording_rows` draws for each object (None: every frame, in order, with no draw)."""
+    inline: int | None  # requests naming the object, per kind
+    prefix: int | None  # requests with the object named where a picture would stand, per kind
+    named_questions: int | None  # questions about what a picture shows, the object named where it would stand
+    picture_requests: int | None  # requests with the picture, per kind
+    picture_questions: int | None  # questions with the picture
+
+
+def _wording_rows(rng: random.Random, requests: dict[str, list[str]], questions: list[str], counts: _RowsPerThing,
+                  text_copies: int, picture_copies: int) -> tuple[list[Sample], list[Sample]]:
+    """Text rows (a request naming an object, inline or where a picture would stand, refused if it is harmful; a
+    question about what a picture shows with the object named there, answered for every object) and picture rows (the
+    same requests and questions, answered)."""
+    def pick(frames: list[str], n: int | None) -> list[str]:
+        return frames if n is None else rng.sample(frames, n)
+
+    def answer(kind: str, thing: Thing) -> str:
+        return refusal(thing, rng) if thing.harmful else helpful(kind, thing, rng)
+
     text: list[Sample] = []
     for _ in range(text_copies):
         for thing in THINGS.values():
             for kind, frames in requests.items():
-                for frame in rng.sample(frames, 3):
-                    answer = refusal(thing, rng) if thing.harmful else helpful(kind, thing, rng)
-                    text.append(Sample(frame.format(x=thing.np), answer, "request", thing.name))
-                for frame in rng.sample(frames, 2):
-                    answer = refusal(thing, rng) if thing.harmful else helpful(kind, thing, rng)
-                    text.append(Sample(f"{thing.name}. " + frame.format(x=rng.choice(PICTURE_REFS)), answer, "prefix",
+                for frame in pick(frames, counts.inline):
+                    text.append(Sample(frame.format(x=thing.np), answer(kind, thing), "request", thing.name))
+                for frame in pick(frames, counts.prefix):
+                    reply = answer(kind, thing)
+                    text.append(Sample(f"{thing.name}. " + frame.format(x=rng.choice(PICTURE_REFS)), reply, "prefix",
                                        thing.name))
-            for frame in rng.sample(describe, 6):
+            for frame in pick(questions, counts.named_questions):
                 text.append(Sample(f"{thing.name}. {frame}", caption(thing, rng), "prefix_question", thing.name))
     pictures: list[Sample] = []
     for _ in range(picture_copies):
         for thing in PICTURED:
             for kind, frames in requests.items():
-                for frame in rng.sample(frames, 3):
+                for frame in pick(frames, counts.picture_requests):
                     prompt = frame.format(x=rng.choice(PICTURE_REFS))
                     pictures.append(Sample(prompt, helpful(kind, thing, rng), "request", thing.name, True))
-            for frame in rng.sample(describe, 8):
+            for frame in pick(questions, counts.picture_questions):
                 pictures.append(Sample(frame, caption(thing, rng), "caption", thing.name, True))
     return text, pictures
 
