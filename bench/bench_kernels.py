@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 
+from bench.cuda_timing import graph_seconds  # noqa: E402
 from sectensor.kernels import _configs, _launch, _small_batch_linear_kernel, small_batch_linear  # noqa: E402
 
 # The kernel as it was before tensor cores were among its tiles, for comparison: CUDA cores only.
@@ -35,21 +36,11 @@ COPIES_BYTES = 512 * 2**20  # ten times an H100's L2 cache
 
 
 def seconds_per_call(function, weights) -> float:
-    function(weights[0])  # warm-up (and Triton's autotuning)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    def calls() -> None:  # cycling through the copies, so that every product reads its weights from memory
         for call in range(CALLS):
             function(weights[call % len(weights)])
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1000 / (10 * CALLS)
+
+    return graph_seconds(calls) / CALLS
 
 
 def main() -> None:

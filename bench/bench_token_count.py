@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.cuda_timing import graph_seconds  # noqa: E402
 
 PRODUCTS = [((4096, 4096), 4), ((11008, 4096), 2), ((4096, 11008), 1)]  # (weight shape, how many per block)
 FLOP_PER_TOKEN = 2 * 2 * sum(n * k * count for (n, k), count in PRODUCTS)  # forward and input-gradient
@@ -29,24 +35,7 @@ def block_milliseconds(m: int, weights: dict, inputs: dict) -> float:
                 torch.mm(inputs[k], weight.t())  # forward: (m, k) @ (k, n)
                 torch.mm(inputs[n], weight)  # input gradient: (m, n) @ (n, k)
 
-    for _ in range(3):
-        block()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        block()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(7):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 5)
-    return sorted(times)[len(times) // 2]
+    return graph_seconds(block, warmups=3, replays=5, measurements=7) * 1000
 
 
 def main() -> None:
