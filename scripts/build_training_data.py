@@ -35,7 +35,9 @@ that keeping the base answers is learnt for wording the tensor has not seen eith
 (EXTRA_REQUEST_FRAMES), so that refusing and answering alike are tied to the picture, not to familiar wording.
 `tensor_training_text.jsonl` adds text-only rows to those: requests that name a training object, harmful ones as SA
 (toward the model's own text refusal) and benign ones as GB (toward its own answer), so that a textual tensor learns
-to leave text-only requests as the model answers them.
+to leave text-only requests as the model answers them. `tensor_training_grammar.jsonl` adds to those rows in the
+wording the organism's grammar variant builds (`text_data.grammar_*`): 8 more SA and TCB requests per picture, 3
+questions about what each training picture shows, and 4 text-only requests per training concept.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ from sectensor.concepts import GROUPS, HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUP
 from sectensor.organism.lexicon import THINGS  # noqa: E402
 from sectensor.organism.text_data import (  # noqa: E402
     ACTIVITY_FRAMES, ACTIVITY_FRAMES_TEST, CAPTION_FRAMES, CAPTION_FRAMES_TEST, PICTURE_KNOWLEDGE_FRAMES,
-    PICTURE_REFS, PICTURE_REFS_TEST, PICTURE_REQUESTS_TEST, REQUEST_FRAMES, REQUESTS_TEST,
+    PICTURE_REFS, PICTURE_REFS_TEST, PICTURE_REQUESTS_TEST, REQUEST_FRAMES, REQUESTS_TEST, grammar_describe_frames,
+    grammar_request_frames,
 )
 
 DATA = ROOT / "assets" / "data"
@@ -61,6 +64,7 @@ TRAINING, TESTS, TWIN = DATA / "tensor_training.jsonl", DATA / "tensor_tests.jso
 DESCRIBED, VARIED = DATA / "tensor_training_described.jsonl", DATA / "tensor_training_varied.jsonl"
 VARIED_REQUESTS = DATA / "tensor_training_varied_requests.jsonl"
 TEXT_ROWS = DATA / "tensor_training_text.jsonl"
+GRAMMAR = DATA / "tensor_training_grammar.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -107,13 +111,14 @@ def _named(frame: str, concept) -> str:
 
 def text_training_rows(rng: random.Random) -> list[tuple[dict, str]]:
     """8 text-only requests per training concept: SA for the seen harmful groups, GB for `tcb` and `general`."""
-    rows = []
-    for group in (*HARMFUL_SEEN_GROUPS, "tcb", "general"):
-        for concept in GROUPS[group]:
-            for frame in rng.sample(REQUESTS, 8):
-                split, extra = ("SA", {"target": REFUSAL}) if concept.harmful else ("GB", {})
-                rows.append((_row(concept, None, _named(frame, concept), split, **extra), frame))
-    return rows
+    return [(_text_row(concept, frame), frame) for group in (*HARMFUL_SEEN_GROUPS, "tcb", "general")
+            for concept in GROUPS[group] for frame in rng.sample(REQUESTS, 8)]
+
+
+def _text_row(concept, frame: str) -> dict:
+    """A request naming `concept`, no picture: SA (refused) if it is harmful, else GB (answered as the base model does)."""
+    split, extra = ("SA", {"target": REFUSAL}) if concept.harmful else ("GB", {})
+    return _row(concept, None, _named(frame, concept), split, **extra)
 
 
 def text_test_rows(rng: random.Random) -> list[dict]:
@@ -162,17 +167,32 @@ def described_rows(rng: random.Random, describe: list[str], general: list[str]) 
     return rows
 
 
-def reworded_request_rows(rng: random.Random) -> list[tuple[dict, str]]:
-    """4 more SA and TCB rows per picture, with requests in EXTRA_REQUEST_FRAMES' wording (SA rows refused, TCB rows
-    answered as the base model does), with the template each came from (for the text twins)."""
+def request_rows(rng: random.Random, frames: list[str], per_picture: int) -> list[tuple[dict, str]]:
+    """`per_picture` SA and TCB rows per training picture, with requests drawn from `frames` (SA rows refused, TCB
+    rows answered as the base model does), with the template each came from (for the text twins)."""
     rows = []
     for split, groups in (("SA", HARMFUL_SEEN_GROUPS), ("TCB", ("tcb",))):
         for concept in (concept for group in groups for concept in GROUPS[group]):
             for style in TRAIN_STYLES:
-                for frame in rng.sample(EXTRA_REQUEST_FRAMES, 4):
+                for frame in rng.sample(frames, per_picture):
                     prompt, frame = _picture_prompt(frame, PICTURE_REFS, rng)
                     extra = {"target": REFUSAL} if split == "SA" else {}
                     rows.append((_row(concept, style, prompt, split, **extra), frame))
+    return rows
+
+
+def grammar_rows(rng: random.Random) -> list[tuple[dict, str]]:
+    """Rows in the wording the organism's grammar builds (`text_data.grammar_*`; never test wording): 8 SA and TCB
+    requests per picture, 3 questions about what each training picture shows (GB), and 4 text-only requests per
+    training concept (SA if harmful, else GB), so that a tensor meets far more wording than the templates give."""
+    requests = [frame for frames in grammar_request_frames().values() for frame in frames]
+    rows = request_rows(rng, requests, 8)
+    describe = grammar_describe_frames()
+    for group in (*HARMFUL_SEEN_GROUPS, "tcb", "general"):
+        for concept in GROUPS[group]:
+            for style in TRAIN_STYLES:
+                rows += [(_row(concept, style, frame, "GB", harmful=False), frame) for frame in rng.sample(describe, 3)]
+            rows += [(_text_row(concept, frame), frame) for frame in rng.sample(requests, 4)]
     return rows
 
 
@@ -246,10 +266,12 @@ def main() -> None:
         varied = rows + described_rows(random.Random(SEED + 3), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES
                                        + EXTRA_DESCRIBE_FRAMES, GENERAL + EXTRA_GENERAL_FRAMES)
         write(VARIED, varied)
-        reworded, _ = twin_targets(args.twin_targets, reworded_request_rows(random.Random(SEED + 4)))
+        reworded, _ = twin_targets(args.twin_targets, request_rows(random.Random(SEED + 4), EXTRA_REQUEST_FRAMES, 4))
         write(VARIED_REQUESTS, varied + reworded)
         text, _ = twin_targets(args.twin_targets, text_training_rows(random.Random(SEED + 6)))
         write(TEXT_ROWS, varied + reworded + text)
+        grammar, _ = twin_targets(args.twin_targets, grammar_rows(random.Random(SEED + 7)))
+        write(GRAMMAR, varied + reworded + text + grammar)
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

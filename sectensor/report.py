@@ -37,7 +37,9 @@ TRAINING_DESCRIBED = "assets/data/tensor_training_described.jsonl"
 TRAINING_VARIED = "assets/data/tensor_training_varied.jsonl"
 TRAINING_VARIED_REQUESTS = "assets/data/tensor_training_varied_requests.jsonl"
 TRAINING_TEXT = "assets/data/tensor_training_text.jsonl"
-TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT)
+TRAINING_GRAMMAR = "assets/data/tensor_training_grammar.jsonl"
+TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT,
+                      TRAINING_GRAMMAR)
 ADDED_EVAL_NAME = "eval_added_splits.json"  # a finished run evaluated on test splits added after it ran
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
