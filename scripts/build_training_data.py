@@ -37,7 +37,9 @@ that keeping the base answers is learnt for wording the tensor has not seen eith
 (toward the model's own text refusal) and benign ones as GB (toward its own answer), so that a textual tensor learns
 to leave text-only requests as the model answers them. `tensor_training_grammar.jsonl` adds to those rows in the
 wording the organism's grammar variant builds (`text_data.grammar_*`): 8 more SA and TCB requests per picture, 3
-questions about what each training picture shows, and 4 text-only requests per training concept.
+questions about what each training picture shows, and 4 text-only requests per training concept. On the organism's
+grammar variant δt trained on it refused fewer unseen harmful pictures than on the text-rows manifest
+(assets/organism/README.md).
 """
 
 from __future__ import annotations
