@@ -223,12 +223,10 @@ def test_rows(rng: random.Random) -> list[dict]:
     return rows
 
 
-def twin_targets(model: str, rows: list[tuple[dict, str]]) -> tuple[list[dict], int]:
+def twin_targets(lvlm, rows: list[tuple[dict, str]]) -> tuple[list[dict], int]:
     """SA targets replaced by the model's own greedy answers to the text twins; returns rows and how many are twins."""
-    import sectensor
     from sectensor.judge import DEFAULT_JUDGE
 
-    lvlm = sectensor.load_lvlm(model)
     sa = [(row, frame) for row, frame in rows if row["split"] == "SA"]
     twins = [frame.format(x=THINGS[row["concept"]].np) for row, frame in sa]
     answers = []
@@ -262,17 +260,20 @@ def main() -> None:
     write(TRAINING, [row for row, _ in training])
     write(TESTS, test_rows(random.Random(SEED + 1)) + text_test_rows(random.Random(SEED + 5)))
     if args.twin_targets:
-        rows, used = twin_targets(args.twin_targets, training)
+        import sectensor
+
+        lvlm = sectensor.load_lvlm(args.twin_targets)  # once, for all four sets of twins
+        rows, used = twin_targets(lvlm, training)
         write(TWIN, rows)
         write(DESCRIBED, rows + described_rows(random.Random(SEED + 2), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES, GENERAL))
         varied = rows + described_rows(random.Random(SEED + 3), CAPTION_FRAMES + PICTURE_KNOWLEDGE_FRAMES
                                        + EXTRA_DESCRIBE_FRAMES, GENERAL + EXTRA_GENERAL_FRAMES)
         write(VARIED, varied)
-        reworded, _ = twin_targets(args.twin_targets, request_rows(random.Random(SEED + 4), EXTRA_REQUEST_FRAMES, 4))
+        reworded, _ = twin_targets(lvlm, request_rows(random.Random(SEED + 4), EXTRA_REQUEST_FRAMES, 4))
         write(VARIED_REQUESTS, varied + reworded)
-        text, _ = twin_targets(args.twin_targets, text_training_rows(random.Random(SEED + 6)))
+        text, _ = twin_targets(lvlm, text_training_rows(random.Random(SEED + 6)))
         write(TEXT_ROWS, varied + reworded + text)
-        grammar, _ = twin_targets(args.twin_targets, grammar_rows(random.Random(SEED + 7)))
+        grammar, _ = twin_targets(lvlm, grammar_rows(random.Random(SEED + 7)))
         write(GRAMMAR, varied + reworded + text + grammar)
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
