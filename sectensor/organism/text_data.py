@@ -401,7 +401,7 @@ def _wording_rows(rng: random.Random, requests: dict[str, list[str]], questions:
                 for frame in pick(frames, counts.inline):
                     text.append(Sample(frame.format(x=thing.np), answer(kind, thing), "request", thing.name))
                 for frame in pick(frames, counts.prefix):
-                    reply = answer(kind, thing)
+                    reply = answer(kind, thing)  # drawn before the picture reference, as the rows always were
                     text.append(Sample(f"{thing.name}. " + frame.format(x=rng.choice(PICTURE_REFS)), reply, "prefix",
                                        thing.name))
             for frame in pick(questions, counts.named_questions):
