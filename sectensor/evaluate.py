@@ -37,12 +37,30 @@ def text_twins(samples: Sequence[Sample]) -> list[Sample]:
     Evaluated with the base model, this measures what the language model itself does when it reads the object
     instead of seeing it: the behaviour a security tensor transfers to pictures, so the reference for its numbers.
     """
-    twins = []
+    return _name_objects(samples, keep_picture=False)
+
+
+def named_pictures(samples: Sequence[Sample]) -> list[Sample]:
+    """Each picture row with the object's name written before the prompt *and* its picture kept.
+
+    Evaluated with the base model, this asks whether the language model's text safety survives a picture in its
+    context: a model that refuses the text twin but not this row is switched off by the picture itself, not by
+    failing to recognise it.
+    """
+    return _name_objects(samples, keep_picture=True)
+
+
+def _name_objects(samples: Sequence[Sample], keep_picture: bool) -> list[Sample]:
+    named = []
     for sample in samples:
-        if sample.image is not None and not sample.concept:
-            raise SectensorError(f"{sample.source}: a picture row needs `concept` to be written as a text twin")
-        twins.append(replace(sample, image=None, prompt=f"{sample.concept}. {sample.prompt}") if sample.image else sample)
-    return twins
+        if sample.image is None:
+            named.append(sample)
+            continue
+        if not sample.concept:
+            raise SectensorError(f"{sample.source}: a picture row needs `concept` for its object to be named")
+        image = sample.image if keep_picture else None
+        named.append(replace(sample, image=image, prompt=f"{sample.concept}. {sample.prompt}"))
+    return named
 
 
 def answer_outcome(sample: Sample, answer: str, refused: bool) -> str:
@@ -139,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--out", required=True, help="where to write the results JSON")
-    parser.add_argument("--text-twins", action="store_true",
+    naming = parser.add_mutually_exclusive_group()
+    naming.add_argument("--text-twins", action="store_true",
                         help="name each pictured object in the prompt instead of showing it (see `text_twins`)")
+    naming.add_argument("--named-pictures", action="store_true",
+                        help="name each pictured object in the prompt and show it too (see `named_pictures`)")
     return parser
 
 
@@ -153,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = load_manifest(args.data, args.splits)
         if args.text_twins:
             samples = text_twins(samples)
+        elif args.named_pictures:
+            samples = named_pictures(samples)
         lvlm = load_lvlm(args.model, device=args.device)
         tensor = None if args.tensor.lower() == "none" else SecurityTensor.from_pretrained(args.tensor)
         if tensor is not None:
@@ -162,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     output = {"model": args.model, "tensor": None if tensor is None else args.tensor, "data": str(args.data),
-              "text_twins": args.text_twins, "device": str(lvlm.device), "dtype": str(lvlm.model.dtype).removeprefix("torch."),
+              "text_twins": args.text_twins, "named_pictures": args.named_pictures, "device": str(lvlm.device),
+              "dtype": str(lvlm.model.dtype).removeprefix("torch."),
               **result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(output, indent=2) + "\n")
