@@ -57,6 +57,9 @@ class BuildConfig:
     mixed_steps: int = 1200
     batch_size: int = 256  # per kind: a mixed step sees batch_size text rows and batch_size picture rows
     lr: float = 1e-3
+    # The language model's learning rate in the mixed stage, as a fraction of `lr`: below 1, picture rows move the
+    # language model less and the vision side more, so what it learned from text is changed less by pictures.
+    mixed_language_lr_scale: float = 1.0
     concept_weight: float = 1.0  # pull of the mean image token towards the concept name's MiniLM vector
     sentence_weight: float = 0.5  # mid-layer prompt summary -> MiniLM sentence embedding
     sentence_layer: int = 2
@@ -196,15 +199,18 @@ class Builder:
         return normalize(augment(self.images[concept, style], self.gen))
 
     # -- stages ---------------------------------------------------------------------------------------------
-    def _stage(self, name: str, steps: int, params, text: bool, pictures: torch.Tensor | None):
+    def _stage(self, name: str, steps: int, groups: list[tuple[list, float]], text: bool,
+               pictures: torch.Tensor | None):
+        """Train (parameters, learning-rate scale) groups for `steps` steps."""
         cfg = self.cfg
-        params = [p for p in params if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98),
-                                fused=self.device.type == "cuda")
+        groups = [([p for p in params if p.requires_grad], scale) for params, scale in groups]
+        params = [p for group, _ in groups for p in group]
+        opt = torch.optim.AdamW([{"params": group, "scale": scale} for group, scale in groups if group], lr=cfg.lr,
+                                weight_decay=0.01, betas=(0.9, 0.98), fused=self.device.type == "cuda")
         start = time.time()
         for step in range(steps):
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * _schedule(step, steps)
+                group["lr"] = cfg.lr * group["scale"] * _schedule(step, steps)
             loss, parts = 0.0, {}
             if text:
                 idx, T = self._rows(self.text, cfg.batch_size)
@@ -231,13 +237,15 @@ class Builder:
         vision = [p for n, p in m.named_parameters() if n.startswith(("model.vision_tower", "model.multi_modal_projector"))]
         m.train()
         self._set_trainable(lm + list(self.head.parameters()))
-        self._stage("text", self.cfg.text_steps, lm + list(self.head.parameters()), True, None)
+        head = list(self.head.parameters())
+        self._stage("text", self.cfg.text_steps, [(lm + head, 1.0)], True, None)
         self._set_trainable(vision)
         captions = torch.nonzero(self.is_caption).flatten()
-        self._stage("captions", self.cfg.caption_steps, vision, False, captions)
-        self._set_trainable(lm + vision + list(self.head.parameters()))
+        self._stage("captions", self.cfg.caption_steps, [(vision, 1.0)], False, captions)
+        self._set_trainable(lm + vision + head)
         every = torch.arange(len(self.pictures), device=self.device)
-        self._stage("mixed", self.cfg.mixed_steps, lm + vision + list(self.head.parameters()), True, every)
+        self._stage("mixed", self.cfg.mixed_steps, [(lm, self.cfg.mixed_language_lr_scale), (vision + head, 1.0)],
+                    True, every)
         m.eval()
 
     def _set_trainable(self, params) -> None:
