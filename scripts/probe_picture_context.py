@@ -7,7 +7,8 @@ model are replaced (a forward hook on the projector) by: the tokens themselves; 
 embedding of the object's name, repeated; zeros; or the tokens halved, each with the prompt as it is or with the
 object also named before it ("skull. <prompt>"). A language model whose safety reads what the picture *is* refuses
 the harmful rows once the name is in the text; one that a picture switches off does not. Prints one line per
-condition (refusal rates in %), greedy answers of `--max-new-tokens` tokens, the model's own dtype and device.
+condition: refusal rates in % of greedy answers of `--max-new-tokens` tokens, on `load_lvlm`'s default device and
+dtype (CUDA in bfloat16 where there is one, else CPU in float32).
 """
 
 from __future__ import annotations
