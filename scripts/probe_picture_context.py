@@ -14,7 +14,6 @@ dtype (CUDA in bfloat16 where there is one, else CPU in float32).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections import defaultdict
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sectensor  # noqa: E402
 from sectensor.data import Sample, load_manifest  # noqa: E402
-from sectensor.evaluate import evaluate, summarise  # noqa: E402
+from sectensor.evaluate import evaluate, named_pictures, summarise  # noqa: E402
 
 SPLITS = ("harmful_seen", "harmful_unseen", "tcb_test")
 Replacement = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]  # (tokens (B, 64, D), name (D,)) -> tokens
@@ -49,9 +48,8 @@ def refusal_rates(lvlm, samples: list[Sample], replace: Replacement, named: bool
     embeddings = lvlm.model.get_input_embeddings().weight
     tokenizer = lvlm.processor.tokenizer
     by_concept: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        by_concept[sample.concept].append(
-            dataclasses.replace(sample, prompt=f"{sample.concept}. {sample.prompt}") if named else sample)
+    for sample in named_pictures(samples) if named else samples:
+        by_concept[sample.concept].append(sample)
     records = []
     for concept, rows in by_concept.items():
         name = embeddings[tokenizer(concept, add_special_tokens=False)["input_ids"]].mean(0)
