@@ -13,7 +13,7 @@ Layers are numbered 1..L: layer k is the output of decoder block k, read by a fo
 the final norm, for the last block too). The embedding output is *not* included, so a curve has exactly one point
 per layer (`num_hidden_layers` of the text model). A block that a model skips for some inputs (Mllama's
 cross-attention blocks on text-only queries) passes its input on unchanged, so its point repeats the one before.
-With δt, the virtual tokens sit before the user's text; the last token is still the last prompt token (the rows
+With δt, the virtual tokens sit where the tensor places them; the last token is still the last prompt token (the rows
 are left-padded). Every curve also comes "centred": computed on states minus their mean over the condition's
 queries, because a shared component (such as δt's) can hide the raw gap (see `similarity_curves`).
 """
@@ -35,7 +35,7 @@ from PIL import Image
 
 from .concepts import BY_NAME, HARMFUL_SEEN_GROUPS
 from .errors import SectensorError
-from .tensors import virtual_token_count
+from .tensors import virtual_token_count, virtual_token_placement
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,12 +82,13 @@ def last_token_states(
         raise SectensorError("no queries to analyse")
     if batch_size < 1:
         raise SectensorError(f"batch_size must be at least 1, got {batch_size}")
-    virtual_tokens = virtual_token_count(tensor)
+    virtual_tokens, placement = virtual_token_count(tensor), virtual_token_placement(tensor)
     layers = decoder_layers(lvlm)
     chunks = []
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
-        batch = lvlm.encode([query.image for query in chunk], [query.prompt for query in chunk], virtual_tokens=virtual_tokens)
+        batch = lvlm.encode([query.image for query in chunk], [query.prompt for query in chunk],
+                            virtual_tokens=virtual_tokens, placement=placement)
         recorded: dict[int, torch.Tensor] = {}
 
         def recorder(index: int):

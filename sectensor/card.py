@@ -47,11 +47,11 @@ def tensor_card(tensor: "SecurityTensor", evaluation: dict[str, Any] | None = No
         model_name=name if splits else None,
         eval_results=_eval_results(splits, (evaluation or {}).get("data")) or None,
     )
-    size = (
-        f"added to the preprocessed, normalized pixels of each protected image and kept within "
-        f"±{tensor.threshold:g}" if tensor.kind == "visual"
-        else f"{tensor.num_tokens} virtual-token embeddings inserted just before the user's text"
-    )
+    if tensor.kind == "visual":
+        size = f"added to the preprocessed, normalized pixels of each protected image and kept within ±{tensor.threshold:g}"
+    else:
+        place = "the picture" if tensor.placement == "before_image" else "the user's text"
+        size = f"{tensor.num_tokens} virtual-token embeddings inserted just before {place}"
     body = f"""
 # Security tensor ({tensor.kind}) for {base}
 

@@ -135,7 +135,8 @@ class FittedPrompt:
 
 
 def fit_prompt(
-    lvlm: LVLM, image: Image.Image | None, prompt: str, virtual_tokens: int = 0, max_new_tokens: int = 48
+    lvlm: LVLM, image: Image.Image | None, prompt: str, virtual_tokens: int = 0, max_new_tokens: int = 48,
+    placement: str = "before_text",
 ) -> FittedPrompt:
     """Cut `prompt` at a token boundary so that the encoded row plus `max_new_tokens` fits the model's context.
 
@@ -147,7 +148,7 @@ def fit_prompt(
         raise PromptError("the prompt is empty; write a question or instruction")
 
     def row_length(text: str) -> int:
-        return int(lvlm.adapter.encode(image, text, virtual_tokens).input_ids.shape[0])
+        return int(lvlm.adapter.encode(image, text, virtual_tokens, placement).input_ids.shape[0])
 
     if limit is None:
         return FittedPrompt(prompt, max_new_tokens)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .adapters import FamilyAdapter, RowEncoding, adapter_class_for
 from .errors import HubUnreachableError, PromptError, SectensorError
-from .tensors import virtual_token_count
+from .tensors import virtual_token_count, virtual_token_placement
 
 
 @dataclass
@@ -219,11 +219,12 @@ class LVLM:
         answers: Sequence[str | None] | None = None,
         virtual_tokens: int = 0,
         protect: Sequence[bool] | None = None,
+        placement: str = "before_text",
     ) -> Batch:
         """Encode rows into one left-padded batch.
 
         `answers` (training) are appended after the prompt and marked in `target_mask`.
-        `virtual_tokens` δt slots are reserved in the rows where `protect` is True (all rows by default).
+        `virtual_tokens` δt slots are reserved at `placement` in the rows where `protect` is True (all by default).
         """
         if len(images) != len(prompts):
             raise SectensorError(f"got {len(images)} images for {len(prompts)} prompts; give one (or None) per prompt")
@@ -234,7 +235,8 @@ class LVLM:
             if not prompt or not prompt.strip():
                 raise PromptError("the prompt is empty; write a question or instruction")
             row = self.adapter.encode(
-                image.convert("RGB") if image is not None else None, prompt, virtual_tokens if protected else 0
+                image.convert("RGB") if image is not None else None, prompt, virtual_tokens if protected else 0,
+                placement,
             )
             if answer is not None:
                 row = _with_answer(row, self.adapter.encode_answer(answer))
@@ -396,8 +398,8 @@ class LVLM:
         """Answers for a batch; `tensor` applies to rows where `protect` is True (all by default).
 
         Greedy unless `temperature` > 0, which samples (each row on its own, so rows may differ by chance)."""
-        virtual_tokens = virtual_token_count(tensor)
-        batch = self.encode(images, prompts, virtual_tokens=virtual_tokens, protect=protect)
+        batch = self.encode(images, prompts, virtual_tokens=virtual_token_count(tensor), protect=protect,
+                            placement=virtual_token_placement(tensor))
         tokenizer = self.tokenizer
         if self.adapter.decodes_with_language_model:
             rows = self.decoder.decode(batch, tensor, protect, max_new_tokens, streamer, temperature,

@@ -152,6 +152,7 @@ def _recipes() -> list[Recipe]:
     text_rows_kl = _override(text_rows_lr, ("--benign-loss", "kl"))
     text_rows_kl_lr32 = _override(text_rows_kl, ("--lr", "32e-4"))
     cosine = ("--lr-schedule", "cosine")
+    before_image = ("--virtual-placement", "before_image")
     text_rows_label = "δt, reworded requests + augmentation + text-only requests"
     text_rows_variants = {  # name suffix -> (label suffix, flags)
         "": ("", text_rows),
@@ -184,6 +185,10 @@ def _recipes() -> list[Recipe]:
                                          _override(text_rows_kl_lr32, ("--virtual-tokens", "16", *cosine))),
         "-lr32e-4-kl-cosine-40-epochs": (", lr 32e-4 decaying (cosine), KL on benign rows, 40 epochs",
                                          _override(text_rows_kl_lr32, ("--epochs", "40", *cosine))),
+        "-lr32e-4-kl-before-image": (", lr 32e-4, KL on benign rows, δt before the picture",
+                                     _override(text_rows_kl_lr32, before_image)),
+        "-lr32e-4-kl-16-tokens-before-image": (", lr 32e-4, KL on benign rows, 16 virtual tokens before the picture",
+                                               _override(text_rows_kl_lr32, ("--virtual-tokens", "16", *before_image))),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .adapters.base import PLACEMENTS
 from .errors import SectensorError, TensorMismatchError
 
 if TYPE_CHECKING:
@@ -201,21 +202,30 @@ class VisualSecurityTensor(SecurityTensor):
 
 
 class TextualSecurityTensor(SecurityTensor):
-    """δt: `num_tokens` virtual-token embeddings inserted just before the user's text in the prompt."""
+    """δt: `num_tokens` virtual-token embeddings inserted into the prompt at `placement` (`adapters.PLACEMENTS`):
+    just before the user's text (the paper's place) or just before the picture."""
 
     kind = "textual"
 
-    @classmethod
-    def zeros(cls, lvlm: "LVLM", num_tokens: int = 100) -> "TextualSecurityTensor":
-        return cls(torch.zeros(num_tokens, lvlm.hidden_size), model_fingerprint(lvlm))
+    def __init__(self, delta: torch.Tensor, fingerprint: dict[str, Any] | None = None,
+                 placement: str = "before_text") -> None:
+        super().__init__(delta, fingerprint)
+        if placement not in PLACEMENTS:
+            raise SectensorError(f"unknown δt placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
+        self.placement = placement
 
     @classmethod
-    def from_vocabulary(cls, lvlm: "LVLM", num_tokens: int = 100, seed: int = 0) -> "TextualSecurityTensor":
+    def zeros(cls, lvlm: "LVLM", num_tokens: int = 100, placement: str = "before_text") -> "TextualSecurityTensor":
+        return cls(torch.zeros(num_tokens, lvlm.hidden_size), model_fingerprint(lvlm), placement)
+
+    @classmethod
+    def from_vocabulary(cls, lvlm: "LVLM", num_tokens: int = 100, seed: int = 0,
+                        placement: str = "before_text") -> "TextualSecurityTensor":
         """Start from embeddings of random vocabulary tokens (the usual soft-prompt initialisation)."""
         table = lvlm.model.get_input_embeddings().weight
         generator = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, table.shape[0], (num_tokens,), generator=generator)
-        return cls(table[ids.to(table.device)].detach().float().cpu(), model_fingerprint(lvlm))
+        return cls(table[ids.to(table.device)].detach().float().cpu(), model_fingerprint(lvlm), placement)
 
     @property
     def num_tokens(self) -> int:
@@ -229,13 +239,19 @@ class TextualSecurityTensor(SecurityTensor):
         return (self.num_tokens, lvlm.hidden_size)
 
     def config_dict(self) -> dict[str, Any]:
-        return {**super().config_dict(), "num_tokens": self.num_tokens}
+        return {**super().config_dict(), "num_tokens": self.num_tokens, "placement": self.placement}
 
     @classmethod
     def _from_config(cls, delta, config):
-        return cls(delta, config.get("base_model"))
+        # Artifacts written before placements existed hold δt before the text.
+        return cls(delta, config.get("base_model"), config.get("placement", "before_text"))
 
 
 def virtual_token_count(tensor: SecurityTensor | None) -> int:
     """How many δt slots a prompt needs for `tensor`: its tokens for δt, 0 for δv or no tensor."""
     return tensor.num_tokens if isinstance(tensor, TextualSecurityTensor) else 0
+
+
+def virtual_token_placement(tensor: SecurityTensor | None) -> str:
+    """Where a prompt's δt slots go for `tensor` (`adapters.PLACEMENTS`); the default for δv or no tensor."""
+    return tensor.placement if isinstance(tensor, TextualSecurityTensor) else PLACEMENTS[0]

@@ -57,8 +57,8 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "splits", "split_weights",
-                "benign_loss", "augment", "threshold", "virtual_tokens", "data")
-_SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant"}  # what checkpoints written before a setting existed used
+                "benign_loss", "augment", "threshold", "virtual_tokens", "virtual_placement", "data")
+_SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text"}  # what checkpoints written before a setting existed used
 
 
 class TrainingDivergedError(SectensorError):
@@ -149,7 +149,8 @@ def build_examples(lvlm: LVLM, samples: Sequence[Sample], config: TrainingConfig
         target = (sample.target or config.refusal) if sample.split == "SA" else next(benign)
         if not target.strip():
             target = lvlm.tokenizer.eos_token or ""  # the base model answered with nothing: keep it that way
-        batch = lvlm.encode([sample_image(sample)], [sample.prompt], answers=[target], virtual_tokens=virtual_tokens)
+        batch = lvlm.encode([sample_image(sample)], [sample.prompt], answers=[target], virtual_tokens=virtual_tokens,
+                            placement=config.virtual_placement)
         examples.append(Example(sample, target, _row_of(batch)))
     return examples
 
@@ -363,11 +364,15 @@ def _initial_tensor(lvlm: LVLM, config: TrainingConfig) -> SecurityTensor:
         tensor = SecurityTensor.from_pretrained(config.init_from)
         if tensor.kind != config.kind:
             raise SectensorError(f"--init-from holds a {tensor.kind} tensor but --kind is {config.kind}")
+        if tensor.kind == "textual" and tensor.placement != config.virtual_placement:
+            raise SectensorError(f"--init-from holds a δt placed {tensor.placement} but --virtual-placement is "
+                                 f"{config.virtual_placement}")
         tensor.check_compatible(lvlm)
         return tensor
     if config.kind == "visual":
         return VisualSecurityTensor.zeros(lvlm, threshold=config.threshold)
-    return TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=config.virtual_tokens, seed=config.seed)
+    return TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=config.virtual_tokens, seed=config.seed,
+                                                 placement=config.virtual_placement)
 
 
 def train(config: TrainingConfig, lvlm: LVLM | None = None,
@@ -593,7 +598,8 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         "benign_loss": config.benign_loss,
         "augment": config.augment, "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
-        **({"threshold": config.threshold} if config.kind == "visual" else {"virtual_tokens": config.virtual_tokens}),
+        **({"threshold": config.threshold} if config.kind == "visual"
+           else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement}),
         **({"kl_base_without_slots": True} if config.kind == "textual" and config.benign_loss == "kl" else {}),
         "wall_seconds": round(wall, 1), "hardware": f"{world} × {hardware_description(device)}",
     }

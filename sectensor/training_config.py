@@ -11,6 +11,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from .adapters.base import PLACEMENTS
 from .data import TRAINING_SPLITS
 from .errors import SectensorError
 
@@ -36,7 +37,8 @@ class TrainingConfig:
     eval_data: str | None = field(default=None, metadata=_help("test manifest to evaluate the finished tensor on (results go into eval_results.json and the model card)"))
     # ---- the tensor -----------------------------------------------------------------------------------
     threshold: float = field(default=1.0, metadata=_help("δv clamp: every value stays within ±threshold (normalized pixel units)"))
-    virtual_tokens: int = field(default=100, metadata=_help("δt length n: virtual tokens inserted before the user's text"))
+    virtual_tokens: int = field(default=100, metadata=_help("δt length n: virtual tokens inserted into the prompt at --virtual-placement"))
+    virtual_placement: str = field(default="before_text", metadata=_help("where δt goes: before_text = just before the user's text, after the picture (the paper); before_image = just before the picture, so the image tokens attend to δt (measured on the organism in docs/results.md: more unseen harmful pictures refused, fewer benign ones answered about the right object)", choices=PLACEMENTS))
     init_from: str | None = field(default=None, metadata=_help("start from this saved tensor instead of zeros (δv) / vocabulary embeddings (δt)"))
     # ---- objective ------------------------------------------------------------------------------------
     benign_loss: str = field(default="ce", metadata=_help("TCB/GB loss: ce = cross-entropy to the base model's greedy answer; kl = KL to its token distributions", choices=BENIGN_LOSSES))
@@ -65,6 +67,8 @@ class TrainingConfig:
             raise SectensorError(f"unknown tensor kind {self.kind!r}; use visual or textual")
         if self.lr_schedule not in LR_SCHEDULES:
             raise SectensorError(f"unknown learning-rate schedule {self.lr_schedule!r}; use constant or cosine")
+        if self.virtual_placement not in PLACEMENTS:
+            raise SectensorError(f"unknown δt placement {self.virtual_placement!r}; use {' or '.join(PLACEMENTS)}")
         if self.benign_loss not in BENIGN_LOSSES:
             raise SectensorError(f"unknown benign loss {self.benign_loss!r}; use ce or kl")
         self.splits = tuple(self.splits)

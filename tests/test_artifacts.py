@@ -30,6 +30,21 @@ def test_round_trip(tiny_llava, tmp_path, kind):
         assert loaded.threshold == 0.75
 
 
+def test_textual_placement_is_saved_and_older_artifacts_read_as_before_text(tiny_llava, tmp_path):
+    tensor = TextualSecurityTensor.from_vocabulary(tiny_llava, num_tokens=3, placement="before_image")
+    tensor.save_pretrained(tmp_path)
+    assert SecurityTensor.from_pretrained(tmp_path).placement == "before_image"
+    assert "inserted just before the picture" in (tmp_path / "README.md").read_text()
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["placement"]  # as written before placements existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert SecurityTensor.from_pretrained(tmp_path).placement == "before_text"
+    config["placement"] = "after_everything"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(sectensor.SectensorError, match="unknown δt placement 'after_everything'"):
+        SecurityTensor.from_pretrained(tmp_path)
+
+
 def test_pickle_is_never_loaded(tiny_llava, tmp_path):
     torch.save({"delta": torch.zeros(3)}, tmp_path / "security_tensor.pt")
     with pytest.raises(sectensor.SectensorError, match="pickle files are never loaded"):

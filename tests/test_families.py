@@ -170,19 +170,24 @@ def test_gradients_reach_the_tensor_only(lvlm, kind):
     assert all(parameter.grad is None for parameter in lvlm.model.parameters())
 
 
-@pytest.mark.parametrize("kind", ["visual", "textual"])
-def test_fast_training_path_matches_a_straightforward_forward(lvlm, kind):
-    """answer_logits (right padding without a mask; for δt a frozen prefix run once; the last MLP only where
-    answers are predicted) gives the loss and the gradient of a plain forward over the left-padded batch with full
-    logits."""
+def random_textual(lvlm, slots, seed, placement="before_text"):
+    return TextualSecurityTensor(torch.randn(slots, lvlm.hidden_size, generator=torch.Generator().manual_seed(seed)),
+                                 model_fingerprint(lvlm), placement)
+
+
+@pytest.mark.parametrize("kind, placement", [("visual", "before_text"), ("textual", "before_text"),
+                                             ("textual", "before_image")])
+def test_fast_training_path_matches_a_straightforward_forward(lvlm, kind, placement):
+    """answer_logits (right padding without a mask; for δt after the picture a frozen prefix run once; the last
+    MLP only where answers are predicted) gives the loss and the gradient of a plain forward over the left-padded
+    batch with full logits."""
     from sectensor.lvlm import _AtPositions, _last_mlp_of
 
     assert isinstance(_last_mlp_of(lvlm.model), _AtPositions)
     slots = 3 if kind == "textual" else 0
-    tensor = random_visual(lvlm, scale=0.5) if kind == "visual" else TextualSecurityTensor(
-        torch.randn(slots, lvlm.hidden_size, generator=torch.Generator().manual_seed(2)), model_fingerprint(lvlm))
+    tensor = random_visual(lvlm, scale=0.5) if kind == "visual" else random_textual(lvlm, slots, 2, placement)
     prompts = ["What is it?", "Describe the picture in a few words, please, and say where it is."]
-    batch = lvlm.encode(PICTURES[:1] * 2, prompts, answers=[REFUSAL, "A cat."], virtual_tokens=slots)
+    batch = lvlm.encode(PICTURES[:1] * 2, prompts, answers=[REFUSAL, "A cat."], virtual_tokens=slots, placement=placement)
     assert not batch.attention_mask.all(), "the rows should differ in length, so that the batch has padding"
 
     fast = sa_loss(lvlm, batch, tensor)
@@ -202,7 +207,11 @@ def test_fast_training_path_matches_a_straightforward_forward(lvlm, kind):
         right = _right_padded(batch)
         predicting_right = torch.zeros_like(right.target_mask)
         predicting_right[:, :-1] = right.target_mask[:, 1:]
-        assert lvlm._frozen_prefix_length(right, tensor, None, predicting_right) > 0, "the frozen prefix was not used"
+        split = lvlm._frozen_prefix_length(right, tensor, None, predicting_right)
+        if placement == "before_text":
+            assert split > 0, "the frozen prefix was not used"
+        else:
+            assert split == 0, "the image tokens follow δt: they cannot be a frozen prefix"
 
 
 @pytest.mark.parametrize("kind", ["visual", "textual"])
@@ -213,23 +222,45 @@ def test_a_few_training_steps_lower_the_sa_loss(lvlm, kind):
     assert_training_lowers_sa_loss(lvlm, tensor, batch, batch)
 
 
-@pytest.mark.parametrize("kind", ["visual", "textual"])
-def test_mixed_batch_equals_separate_runs(lvlm, kind):
-    tensor = random_visual(lvlm, seed=1, scale=2.0) if kind == "visual" else TextualSecurityTensor(
-        torch.randn(5, lvlm.hidden_size, generator=torch.Generator().manual_seed(1)), model_fingerprint(lvlm))
+@pytest.mark.parametrize("kind, placement", [("visual", "before_text"), ("textual", "before_text"),
+                                             ("textual", "before_image")])
+def test_mixed_batch_equals_separate_runs(lvlm, kind, placement):
+    tensor = random_visual(lvlm, seed=1, scale=2.0) if kind == "visual" else random_textual(lvlm, 5, 1, placement)
     slots = 5 if kind == "textual" else 0
     images = [PICTURES[0], PICTURES[0], PICTURES[2], PICTURES[2]]
     prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
     protect = [False, True, False, True]
-    mixed = logits(lvlm, lvlm.encode(images, prompts, virtual_tokens=slots, protect=protect), tensor, protect)[:, -1]
+    encoded = lvlm.encode(images, prompts, virtual_tokens=slots, protect=protect, placement=placement)
+    mixed = logits(lvlm, encoded, tensor, protect)[:, -1]
     for row in range(4):
         alone_tensor = tensor if protect[row] else None
-        alone = logits(lvlm, lvlm.encode(images[row:row + 1], prompts[row:row + 1], virtual_tokens=slots if protect[row] else 0),
+        alone = logits(lvlm, lvlm.encode(images[row:row + 1], prompts[row:row + 1],
+                                         virtual_tokens=slots if protect[row] else 0, placement=placement),
                        alone_tensor)[0, -1]
         torch.testing.assert_close(mixed[row], alone, atol=1e-4, rtol=1e-4)
     answers = lvlm.generate(images, prompts, tensor=tensor, protect=protect, max_new_tokens=3)
     assert answers[1] == lvlm.generate(images[1:2], prompts[1:2], tensor=tensor, max_new_tokens=3)[0]
     assert answers[2] == lvlm.generate(images[2:3], prompts[2:3], max_new_tokens=3)[0]
+
+
+def test_textual_tensor_placed_before_the_image_sits_before_every_image_token(lvlm):
+    """`before_image` slots come before the family's image block; dropping them gives the row without δt, and the
+    default slots (before the text) come after the image tokens."""
+    adapter = lvlm.adapter
+    plain = adapter.encode(PICTURES[1], PROMPTS[1])
+    before_image = adapter.encode(PICTURES[1], PROMPTS[1], 4, "before_image")
+    before_text = adapter.encode(PICTURES[1], PROMPTS[1], 4)
+    slots = torch.nonzero(before_image.virtual_mask).flatten()
+    assert torch.equal(slots, torch.arange(int(slots[0]), int(slots[0]) + 4))
+    assert torch.equal(before_image.input_ids[~before_image.virtual_mask], plain.input_ids)
+    for name, value in plain.token_fields.items():
+        assert torch.equal(before_image.token_fields[name][~before_image.virtual_mask], value)
+    image_tokens = adapter.image_token_mask(before_image.input_ids[None])[0]
+    assert image_tokens.any() and int(torch.nonzero(image_tokens)[0]) > int(slots[-1])
+    plain_image_tokens = adapter.image_token_mask(plain.input_ids[None])[0]
+    assert int(torch.nonzero(before_text.virtual_mask)[0]) > int(torch.nonzero(plain_image_tokens)[-1])
+    text_only = adapter.encode(None, PROMPTS[1], 4, "before_image")
+    assert torch.equal(text_only.input_ids, adapter.encode(None, PROMPTS[1], 4).input_ids)
 
 
 def test_decoding_loop_gives_generates_tokens(lvlm):

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import sectensor
-from sectensor import TextualSecurityTensor, VisualSecurityTensor
+from sectensor import SecurityTensor, TextualSecurityTensor, VisualSecurityTensor
 from sectensor.data import load_manifest
 from sectensor.report import TRAINING_MANIFESTS
 from sectensor.training import (
@@ -269,6 +269,23 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
     with pytest.raises(sectensor.SectensorError, match="lr_schedule"):
         train(config(manifest, tmp_path, kind="visual", max_steps=4, lr_schedule="cosine", resume=True),
               lvlm=tiny_llava)
+
+
+def test_textual_tensor_trained_before_the_image_keeps_its_placement(tiny_llava, manifest, tmp_path):
+    """δt trained before the picture is saved with that placement, reads its slots there when evaluated, and a run
+    or a starting tensor with the other placement is refused rather than mixed in."""
+    result = train(config(manifest, tmp_path, kind="textual", max_steps=2, virtual_placement="before_image"),
+                   lvlm=tiny_llava)
+    assert result.tensor.placement == "before_image"
+    assert SecurityTensor.from_pretrained(tmp_path).placement == "before_image"
+    assert result.tensor.training_info["virtual_placement"] == "before_image"
+    with pytest.raises(sectensor.SectensorError, match="virtual_placement: 'before_image' → 'before_text'"):
+        train(config(manifest, tmp_path, kind="textual", max_steps=3, resume=True), lvlm=tiny_llava)
+    with pytest.raises(sectensor.SectensorError, match="--init-from holds a δt placed before_image"):
+        train(config(manifest, tmp_path / "again", kind="textual", max_steps=1, init_from=str(tmp_path)),
+              lvlm=tiny_llava)
+    with pytest.raises(sectensor.SectensorError, match="unknown δt placement 'inside'"):
+        config(manifest, tmp_path, kind="textual", virtual_placement="inside")
 
 
 def test_checkpoints_from_before_the_lr_schedule_resume_as_constant(tiny_llava, manifest, tmp_path):

@@ -13,8 +13,13 @@ from typing import ClassVar
 import torch
 from PIL import Image
 
-# Marks where the user's text starts in a rendered chat prompt: δt is inserted there.
+from ..errors import SectensorError
+
+# Marks where the user's text starts in a rendered chat prompt: δt is inserted there by default.
 TEXT_START = "\u2063\u2063sectensor-text\u2063\u2063"
+# Where δt's slots go: just before the user's text (the paper's place, after any picture), or just before the
+# picture, where the language model reads δt before the image tokens and they can attend to it.
+PLACEMENTS = ("before_text", "before_image")
 
 
 @dataclass
@@ -110,11 +115,30 @@ class FamilyAdapter:
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
         )
 
-    def encode(self, image: Image.Image | None, prompt: str, virtual_tokens: int = 0) -> RowEncoding:
-        """Encode one row; with `virtual_tokens` > 0, reserve that many δt slots just before the user's text."""
+    def encode(self, image: Image.Image | None, prompt: str, virtual_tokens: int = 0,
+               placement: str = "before_text") -> RowEncoding:
+        """Encode one row; with `virtual_tokens` > 0, reserve that many δt slots at `placement` (`PLACEMENTS`).
+
+        `before_image` puts them where the prompt's tokens with the picture first differ from its tokens without
+        it, i.e. before the family's image block (markers included); rows without a picture get them before the
+        text, which is the same place in the user's turn.
+        """
+        if placement not in PLACEMENTS:
+            raise SectensorError(f"unknown δt placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
         if virtual_tokens == 0:
             rendered = self.format_prompt(prompt, image is not None)
             return self._process(image, rendered, add_special_tokens=self._needs_special_tokens(rendered))
+        if placement == "before_image" and image is not None:
+            rendered = self.format_prompt(prompt, True)
+            row = self._process(image, rendered, add_special_tokens=self._needs_special_tokens(rendered))
+            plain = self.encode(None, prompt).input_ids
+            common = min(len(plain), len(row.input_ids))
+            differs = torch.nonzero(row.input_ids[:common] != plain[:common]).flatten()
+            at = int(differs[0]) if len(differs) else common
+            image_tokens = self.image_token_mask(row.input_ids[None])
+            if image_tokens is not None and bool(image_tokens[0, :at].any()):
+                raise RuntimeError("the chat template puts text before the picture; cannot place δt before it")
+            return _with_slots(row, at, virtual_tokens, self.placeholder_token_id)
         rendered = self.format_prompt(TEXT_START + prompt, image is not None)
         if rendered.count(TEXT_START) != 1:
             raise RuntimeError("the chat template altered the prompt text; cannot place the textual tensor")
@@ -122,15 +146,11 @@ class FamilyAdapter:
         head = self._process(image, before, add_special_tokens=self._needs_special_tokens(before))
         # The tail is plain text: the tokenizer alone, since some processors rewrite text (Mllama prepends BOS).
         tail_ids = torch.tensor(self.tokenizer(after, add_special_tokens=False)["input_ids"], dtype=head.input_ids.dtype)
-        placeholder = torch.full((virtual_tokens,), self.placeholder_token_id, dtype=head.input_ids.dtype)
-        pieces = [head.input_ids, placeholder, tail_ids]
-        token_fields = {
-            name: torch.cat([value, value.new_zeros((virtual_tokens + tail_ids.shape[0], *value.shape[1:]))])
-            for name, value in head.token_fields.items()
-        }
-        virtual_mask = torch.zeros(sum(piece.shape[0] for piece in pieces), dtype=torch.bool)
-        virtual_mask[head.input_ids.shape[0] : head.input_ids.shape[0] + virtual_tokens] = True
-        return RowEncoding(torch.cat(pieces), token_fields, head.image_fields, virtual_mask)
+        row = RowEncoding(torch.cat([head.input_ids, tail_ids]),
+                          {name: torch.cat([value, value.new_zeros((tail_ids.shape[0], *value.shape[1:]))])
+                           for name, value in head.token_fields.items()},
+                          head.image_fields)
+        return _with_slots(row, head.input_ids.shape[0], virtual_tokens, self.placeholder_token_id)
 
     def encode_answer(self, answer: str) -> torch.Tensor:
         """Token ids of a training answer, ending with the end-of-sequence token."""
@@ -157,3 +177,15 @@ class FamilyAdapter:
         token_fields = {name: out[name][0] for name in self.token_field_names if name in out}
         image_fields = {name: out[name] for name in self.image_field_names if name in out and image is not None}
         return RowEncoding(out["input_ids"][0], token_fields, image_fields)
+
+
+def _with_slots(row: RowEncoding, at: int, count: int, placeholder_id: int) -> RowEncoding:
+    """`row` with `count` δt slots (placeholder tokens, zero token fields) inserted before position `at`."""
+    def splice(value: torch.Tensor, filler: torch.Tensor) -> torch.Tensor:
+        return torch.cat([value[:at], filler, value[at:]])
+
+    input_ids = splice(row.input_ids, torch.full((count,), placeholder_id, dtype=row.input_ids.dtype))
+    token_fields = {name: splice(value, value.new_zeros((count, *value.shape[1:]))) for name, value in row.token_fields.items()}
+    virtual_mask = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    virtual_mask[at : at + count] = True
+    return RowEncoding(input_ids, token_fields, row.image_fields, virtual_mask)

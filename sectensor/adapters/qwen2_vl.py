@@ -18,8 +18,8 @@ Example (P = 14, M = 2, T = 2, a picture resized to 308 × 448):
     gh, gw = 22, 32; δv (3, 448, 448) -> resampled (3, 308, 448) -> (3, 11, 2, 14, 16, 2, 14)
     -> (11, 16, 2, 2, 3, 14, 14) -> 2 frames (11, 16, 2, 2, 3, 2, 14, 14) -> (704, 1176), added to that image's
     704 patch rows.
-δt goes before the user's text with mm_token_type_ids 0 (text), so the rope positions of the text after it
-shift by the number of virtual tokens, as for any inserted text.
+δt goes before the user's text (or before <|vision_start|>, placed before the picture) with mm_token_type_ids 0
+(text), so the rope positions of what follows shift by the number of virtual tokens, as for any inserted text.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from ..errors import ImageError, PromptError, SectensorError
 from ..generation import fit_prompt, stream_answers, stream_side_by_side
 from ..judge import is_refusal
 from ..lvlm import LVLM, load_lvlm
-from ..tensors import SecurityTensor, virtual_token_count
+from ..tensors import SecurityTensor, virtual_token_count, virtual_token_placement
 from ..visualization import VisualViews, delta_amplified, delta_heatmap, textual_numbers, visual_numbers, visual_views
 from .settings import DEFAULT_TENSORS, PROJECT_ROOT
 
@@ -176,8 +176,8 @@ class DemoService:
             notices.append(f"The prompt had {len(prompt)} characters; only the first {MAX_PROMPT_CHARACTERS} "
                            "were kept.")
             prompt = prompt[:MAX_PROMPT_CHARACTERS]
-        virtual_tokens = virtual_token_count(tensor)
-        fitted = fit_prompt(self.lvlm, image, prompt, virtual_tokens, int(max_new_tokens))
+        fitted = fit_prompt(self.lvlm, image, prompt, virtual_token_count(tensor), int(max_new_tokens),
+                            virtual_token_placement(tensor))
         if fitted.dropped_tokens:
             notices.append(f"The prompt was too long for this model: its last {fitted.dropped_tokens} tokens were cut.")
         if fitted.reduced_new_tokens:
