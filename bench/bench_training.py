@@ -3,6 +3,7 @@
     python bench/bench_training.py                           # on one GPU; prints JSON
     python bench/bench_training.py --profile                 # also where GPU time goes, per kind of kernel
     python bench/bench_training.py --gaps-only --trace t.json  # when the GPU waits for the CPU (and a trace)
+    python bench/bench_training.py --placements-only         # compiled δt before the text against before the picture
     python bench/bench_training.py --tiny                    # a quick check of the script on CPU
 
 Reference style (the public research scripts): batch 1, float32 weights, a deep copy of the inputs every
@@ -54,12 +55,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def rows_for(lvlm, count: int, virtual_tokens: int = 0):
+def rows_for(lvlm, count: int, virtual_tokens: int = 0, placement: str = "before_text"):
     rng = np.random.default_rng(0)
     rows = []
     for index in range(count):
         image = Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8))
-        batch = lvlm.encode([image], [PROMPTS[index % len(PROMPTS)]], answers=[TARGET], virtual_tokens=virtual_tokens)
+        batch = lvlm.encode([image], [PROMPTS[index % len(PROMPTS)]], answers=[TARGET], virtual_tokens=virtual_tokens,
+                            placement=placement)
         rows.append(batch)
     return rows
 
@@ -92,8 +94,10 @@ def reference_loop(lvlm, rows, steps: int) -> dict:
     return {"samples_per_s": round(1 / float(np.median(times[1:] or times)), 2)}
 
 
-def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", compiled: bool = False) -> dict:
-    tensor = (VisualSecurityTensor.zeros(lvlm) if kind == "visual" else TextualSecurityTensor.from_vocabulary(lvlm, 100)).to(lvlm.device)
+def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", compiled: bool = False,
+             placement: str = "before_text") -> dict:
+    tensor = (VisualSecurityTensor.zeros(lvlm) if kind == "visual"
+              else TextualSecurityTensor.from_vocabulary(lvlm, 100, placement=placement)).to(lvlm.device)
     optimizer = torch.optim.AdamW([tensor.delta], lr=16e-4)
     encodings = [one_row(row) for row in rows]
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
@@ -122,6 +126,7 @@ def our_loop(lvlm, rows, batch_size: int, steps: int, kind: str = "visual", comp
         losses.append(float(loss.detach()))
         times.append(time.perf_counter() - start)
     result = {"batch_size": batch_size, "kind": kind, "compiled": compiled,
+              **({"placement": placement} if kind == "textual" else {}),
               "samples_per_s": round(batch_size / float(np.median(times[3:] or times)), 2),
               "tokens_per_sample": int(encodings[0].input_ids.shape[0])}
     if torch.cuda.is_available():
@@ -231,6 +236,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--gaps-only", action="store_true", help="only find where the GPU waits in a compiled δv step")
     parser.add_argument("--trace", help="with --gaps-only, also write the profiler's Chrome trace here")
+    parser.add_argument("--placements-only", action="store_true",
+                        help="only compiled δt (100 tokens) before the user's text and before the picture, at each batch size")
     args = parser.parse_args()
     device = "cpu" if args.tiny else "cuda"
     config = tiny_llava_config() if args.tiny else llava_7b_config()
@@ -243,6 +250,17 @@ def main() -> None:
         with lvlm.compiled_blocks() if device == "cuda" else nullcontext():
             gaps = idle_gaps(lvlm, rows_for(lvlm, args.batch_sizes[0] * 2), args.batch_sizes[0], "visual", args.trace)
         print(json.dumps(gaps, indent=2))
+        return
+    if args.placements_only:
+        lvlm = build_lvlm(torch.bfloat16 if device == "cuda" else torch.float32, device, config)
+        runs = results["ours"] = []
+        for placement in ("before_text", "before_image"):
+            rows = rows_for(lvlm, max(args.batch_sizes) * 2, virtual_tokens=100, placement=placement)
+            for size in args.batch_sizes:
+                with lvlm.compiled_blocks() if device == "cuda" else nullcontext():
+                    runs.append(our_loop(lvlm, rows, size, args.steps, "textual", device == "cuda", placement))
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+        print(json.dumps(results, indent=2))
         return
     lvlm = build_lvlm(torch.float32, device, config)
     rows = rows_for(lvlm, max(args.batch_sizes) * 2)

@@ -38,7 +38,7 @@ class TrainingConfig:
     # ---- the tensor -----------------------------------------------------------------------------------
     threshold: float = field(default=1.0, metadata=_help("δv clamp: every value stays within ±threshold (normalized pixel units)"))
     virtual_tokens: int = field(default=100, metadata=_help("δt length n: virtual tokens inserted into the prompt at --virtual-placement"))
-    virtual_placement: str = field(default="before_text", metadata=_help("where δt goes: before_text = just before the user's text, after the picture (the paper); before_image = just before the picture, so the image tokens attend to δt (measured on the organism in docs/results.md: more unseen harmful pictures refused, fewer benign ones answered about the right object)", choices=PLACEMENTS))
+    virtual_placement: str = field(default="before_text", metadata=_help("where δt goes: before_text = just before the user's text, after the picture (the paper); before_image = just before the picture, so the image tokens attend to δt (measured on the organism in docs/placement.md: more unseen harmful pictures refused, and more benign ones)", choices=PLACEMENTS))
     init_from: str | None = field(default=None, metadata=_help("start from this saved tensor instead of zeros (δv) / vocabulary embeddings (δt)"))
     # ---- objective ------------------------------------------------------------------------------------
     benign_loss: str = field(default="ce", metadata=_help("TCB/GB loss: ce = cross-entropy to the base model's greedy answer; kl = KL to its token distributions", choices=BENIGN_LOSSES))
