@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .adapters.base import PLACEMENTS
+from .adapters.base import PLACEMENTS, check_placement
 from .errors import SectensorError, TensorMismatchError
 
 if TYPE_CHECKING:
@@ -210,9 +210,7 @@ class TextualSecurityTensor(SecurityTensor):
     def __init__(self, delta: torch.Tensor, fingerprint: dict[str, Any] | None = None,
                  placement: str = "before_text") -> None:
         super().__init__(delta, fingerprint)
-        if placement not in PLACEMENTS:
-            raise SectensorError(f"unknown δt placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
-        self.placement = placement
+        self.placement = check_placement(placement)
 
     @classmethod
     def zeros(cls, lvlm: "LVLM", num_tokens: int = 100, placement: str = "before_text") -> "TextualSecurityTensor":

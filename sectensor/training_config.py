@@ -11,7 +11,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from .adapters.base import PLACEMENTS
+from .adapters.base import PLACEMENTS, check_placement
 from .data import TRAINING_SPLITS
 from .errors import SectensorError
 
@@ -67,8 +67,7 @@ class TrainingConfig:
             raise SectensorError(f"unknown tensor kind {self.kind!r}; use visual or textual")
         if self.lr_schedule not in LR_SCHEDULES:
             raise SectensorError(f"unknown learning-rate schedule {self.lr_schedule!r}; use constant or cosine")
-        if self.virtual_placement not in PLACEMENTS:
-            raise SectensorError(f"unknown δt placement {self.virtual_placement!r}; use {' or '.join(PLACEMENTS)}")
+        check_placement(self.virtual_placement)
         if self.benign_loss not in BENIGN_LOSSES:
             raise SectensorError(f"unknown benign loss {self.benign_loss!r}; use ce or kl")
         self.splits = tuple(self.splits)

@@ -22,6 +22,13 @@ TEXT_START = "\u2063\u2063sectensor-text\u2063\u2063"
 PLACEMENTS = ("before_text", "before_image")
 
 
+def check_placement(placement: str) -> str:
+    """`placement` if it is one of `PLACEMENTS`, else a SectensorError naming them."""
+    if placement not in PLACEMENTS:
+        raise SectensorError(f"unknown δt placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
+    return placement
+
+
 @dataclass
 class RowEncoding:
     """One prompt (and its image) encoded for the model.
@@ -123,8 +130,7 @@ class FamilyAdapter:
         it, i.e. before the family's image block (markers included); rows without a picture get them before the
         text, which is the same place in the user's turn.
         """
-        if placement not in PLACEMENTS:
-            raise SectensorError(f"unknown δt placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
+        check_placement(placement)
         if virtual_tokens == 0:
             rendered = self.format_prompt(prompt, image is not None)
             return self._process(image, rendered, add_special_tokens=self._needs_special_tokens(rendered))
