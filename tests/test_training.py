@@ -272,8 +272,8 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
 
 
 def test_textual_tensor_trained_before_the_image_keeps_its_placement(tiny_llava, manifest, tmp_path):
-    """δt trained before the picture is saved with that placement, reads its slots there when evaluated, and a run
-    or a starting tensor with the other placement is refused rather than mixed in."""
+    """δt trained before the picture is saved with that placement (so everything that applies it later puts its
+    slots there), and a run or a starting tensor with the other placement is refused rather than mixed in."""
     result = train(config(manifest, tmp_path, kind="textual", max_steps=2, virtual_placement="before_image"),
                    lvlm=tiny_llava)
     assert result.tensor.placement == "before_image"
