@@ -147,7 +147,7 @@ def textual_numbers(tensor, lvlm: LVLM, nearest: int = 3) -> dict:
     tokens = [lvlm.tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()]
     vocabulary_norms = vocabulary.norm(dim=1)
     return {
-        "num_tokens": tensor.num_tokens, "hidden_size": int(delta.shape[1]),
+        "num_tokens": tensor.num_tokens, "hidden_size": int(delta.shape[1]), "placement": tensor.placement,
         "L2": float(delta.norm()),
         "token L2 min / mean / max": [float(norms.min()), float(norms.mean()), float(norms.max())],
         "vocabulary token L2 mean": float(vocabulary_norms.mean()),

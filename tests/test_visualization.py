@@ -69,6 +69,9 @@ def test_textual_neighbours_find_the_tokens_it_was_made_from(tiny_llava):
     table = tiny_llava.model.get_input_embeddings().weight
     numbers = textual_numbers(tensor, tiny_llava, nearest=2)
     assert numbers["num_tokens"] == 6 and numbers["hidden_size"] == tiny_llava.hidden_size
+    assert numbers["placement"] == "before_text"
+    placed = TextualSecurityTensor.from_vocabulary(tiny_llava, num_tokens=2, placement="before_image")
+    assert textual_numbers(placed, tiny_llava)["placement"] == "before_image"
     for index, row in enumerate(numbers["nearest"]):
         token, score = row["nearest tokens"][0]
         source = int((table - tensor.embeddings[index]).abs().sum(dim=1).argmin())
