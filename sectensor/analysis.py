@@ -35,7 +35,7 @@ from PIL import Image
 
 from .concepts import BY_NAME, HARMFUL_SEEN_GROUPS
 from .errors import SectensorError
-from .tensors import virtual_token_count, virtual_token_placement
+from .tensors import virtual_slots
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,13 +82,12 @@ def last_token_states(
         raise SectensorError("no queries to analyse")
     if batch_size < 1:
         raise SectensorError(f"batch_size must be at least 1, got {batch_size}")
-    virtual_tokens, placement = virtual_token_count(tensor), virtual_token_placement(tensor)
+    slots = virtual_slots(tensor)
     layers = decoder_layers(lvlm)
     chunks = []
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
-        batch = lvlm.encode([query.image for query in chunk], [query.prompt for query in chunk],
-                            virtual_tokens=virtual_tokens, placement=placement)
+        batch = lvlm.encode([query.image for query in chunk], [query.prompt for query in chunk], **slots)
         recorded: dict[int, torch.Tensor] = {}
 
         def recorder(index: int):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .adapters.base import PLACED_BEFORE
+
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult
 
@@ -50,8 +52,7 @@ def tensor_card(tensor: "SecurityTensor", evaluation: dict[str, Any] | None = No
     if tensor.kind == "visual":
         size = f"added to the preprocessed, normalized pixels of each protected image and kept within ±{tensor.threshold:g}"
     else:
-        place = "the picture" if tensor.placement == "before_image" else "the user's text"
-        size = f"{tensor.num_tokens} virtual-token embeddings inserted just before {place}"
+        size = f"{tensor.num_tokens} virtual-token embeddings inserted just before {PLACED_BEFORE[tensor.placement]}"
     body = f"""
 # Security tensor ({tensor.kind}) for {base}
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .adapters import FamilyAdapter, RowEncoding, adapter_class_for
 from .errors import HubUnreachableError, PromptError, SectensorError
-from .tensors import virtual_token_count, virtual_token_placement
+from .tensors import virtual_slots
 
 
 @dataclass
@@ -398,8 +398,7 @@ class LVLM:
         """Answers for a batch; `tensor` applies to rows where `protect` is True (all by default).
 
         Greedy unless `temperature` > 0, which samples (each row on its own, so rows may differ by chance)."""
-        batch = self.encode(images, prompts, virtual_tokens=virtual_token_count(tensor), protect=protect,
-                            placement=virtual_token_placement(tensor))
+        batch = self.encode(images, prompts, protect=protect, **virtual_slots(tensor))
         tokenizer = self.tokenizer
         if self.adapter.decodes_with_language_model:
             rows = self.decoder.decode(batch, tensor, protect, max_new_tokens, streamer, temperature,

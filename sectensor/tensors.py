@@ -245,11 +245,9 @@ class TextualSecurityTensor(SecurityTensor):
         return cls(delta, config.get("base_model"), config.get("placement", "before_text"))
 
 
-def virtual_token_count(tensor: SecurityTensor | None) -> int:
-    """How many δt slots a prompt needs for `tensor`: its tokens for δt, 0 for δv or no tensor."""
-    return tensor.num_tokens if isinstance(tensor, TextualSecurityTensor) else 0
-
-
-def virtual_token_placement(tensor: SecurityTensor | None) -> str:
-    """Where a prompt's δt slots go for `tensor` (`adapters.PLACEMENTS`); the default for δv or no tensor."""
-    return tensor.placement if isinstance(tensor, TextualSecurityTensor) else PLACEMENTS[0]
+def virtual_slots(tensor: SecurityTensor | None) -> dict[str, Any]:
+    """The δt slots a prompt needs for `tensor`, as `encode`'s keyword arguments: its tokens and their placement
+    for δt, none for δv or no tensor."""
+    if isinstance(tensor, TextualSecurityTensor):
+        return {"virtual_tokens": tensor.num_tokens, "placement": tensor.placement}
+    return {"virtual_tokens": 0, "placement": PLACEMENTS[0]}

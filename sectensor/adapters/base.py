@@ -20,6 +20,7 @@ TEXT_START = "\u2063\u2063sectensor-text\u2063\u2063"
 # Where δt's slots go: just before the user's text (the paper's place, after any picture), or just before the
 # picture, where the language model reads δt before the image tokens and they can attend to it.
 PLACEMENTS = ("before_text", "before_image")
+PLACED_BEFORE = {"before_text": "the user's text", "before_image": "the picture"}  # for cards and the app
 
 
 def check_placement(placement: str) -> str:

@@ -20,7 +20,7 @@ from ..errors import ImageError, PromptError, SectensorError
 from ..generation import fit_prompt, stream_answers, stream_side_by_side
 from ..judge import is_refusal
 from ..lvlm import LVLM, load_lvlm
-from ..tensors import SecurityTensor, virtual_token_count, virtual_token_placement
+from ..tensors import SecurityTensor, virtual_slots
 from ..visualization import VisualViews, delta_amplified, delta_heatmap, textual_numbers, visual_numbers, visual_views
 from .settings import DEFAULT_TENSORS, PROJECT_ROOT
 
@@ -176,8 +176,7 @@ class DemoService:
             notices.append(f"The prompt had {len(prompt)} characters; only the first {MAX_PROMPT_CHARACTERS} "
                            "were kept.")
             prompt = prompt[:MAX_PROMPT_CHARACTERS]
-        fitted = fit_prompt(self.lvlm, image, prompt, virtual_token_count(tensor), int(max_new_tokens),
-                            virtual_token_placement(tensor))
+        fitted = fit_prompt(self.lvlm, image, prompt, max_new_tokens=int(max_new_tokens), **virtual_slots(tensor))
         if fitted.dropped_tokens:
             notices.append(f"The prompt was too long for this model: its last {fitted.dropped_tokens} tokens were cut.")
         if fitted.reduced_new_tokens:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import gradio as gr
 import spaces
 
+from ..adapters.base import PLACED_BEFORE
 from ..analysis import inside_the_model as layer_analysis
 from ..errors import SectensorError
 from .examples import IMAGES, gallery_sections
@@ -78,9 +79,8 @@ def _visual_table(numbers: dict) -> str:
 
 def _textual_summary(numbers: dict) -> str:
     low, mean, high = numbers["token L2 min / mean / max"]
-    place = "the picture" if numbers["placement"] == "before_image" else "the user's text"
     return (f"**δt**: {numbers['num_tokens']} virtual tokens × {numbers['hidden_size']} dimensions, inserted just "
-            f"before {place} · total L2 "
+            f"before {PLACED_BEFORE[numbers['placement']]} · total L2 "
             f"{numbers['L2']:.3g} · per-token L2 min {low:.3g} / mean {mean:.3g} / max {high:.3g} (the vocabulary's "
             f"embeddings average {numbers['vocabulary token L2 mean']:.3g}). The table lists the vocabulary tokens "
             f"nearest each virtual token by cosine similarity.")
