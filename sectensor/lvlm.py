@@ -203,6 +203,15 @@ class LVLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def pixel_normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image processor's per-channel mean and std (3,): pixel_values = (colours - mean) / std."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        mean = getattr(image_processor, "image_mean", None)
+        std = getattr(image_processor, "image_std", None)
+        if mean is None or std is None:
+            raise SectensorError(f"{self.name_or_path}'s image processor has no image_mean/image_std")
+        return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
     @property
     def tokenizer(self):
         return self.adapter.tokenizer

@@ -153,6 +153,7 @@ def _recipes() -> list[Recipe]:
     text_rows_kl_lr32 = _override(text_rows_kl, ("--lr", "32e-4"))
     cosine = ("--lr-schedule", "cosine")
     before_image = ("--virtual-placement", "before_image")
+    first_token_8 = ("--first-token-weight", "8")
     text_rows_label = "δt, reworded requests + augmentation + text-only requests"
     text_rows_variants = {  # name suffix -> (label suffix, flags)
         "": ("", text_rows),
@@ -189,6 +190,18 @@ def _recipes() -> list[Recipe]:
                                      _override(text_rows_kl_lr32, before_image)),
         "-lr32e-4-kl-16-tokens-before-image": (", lr 32e-4, KL on benign rows, 16 virtual tokens before the picture",
                                                _override(text_rows_kl_lr32, ("--virtual-tokens", "16", *before_image))),
+        "-lr32e-4-kl-before-image-first-token-8": (
+            ", lr 32e-4, KL on benign rows, δt before the picture, first answer token weighted 8",
+            _override(text_rows_kl_lr32, (*before_image, *first_token_8))),
+        "-lr32e-4-kl-before-image-first-token-8-benign-x2": (
+            ", lr 32e-4, KL on benign rows, δt before the picture, first answer token weighted 8, TCB and GB rows "
+            "weighted 2",
+            _override(text_rows_kl_lr32, (*before_image, *first_token_8, "--split-weights", "SA=1", "TCB=2", "GB=2"))),
+        "-lr32e-4-kl-before-image-colours": (", lr 32e-4, KL on benign rows, δt before the picture, colour jitter",
+                                             _override(text_rows_kl_lr32, (*before_image, "--augment-colours"))),
+        "-lr32e-4-kl-before-image-first-token-8-colours": (
+            ", lr 32e-4, KL on benign rows, δt before the picture, first answer token weighted 8, colour jitter",
+            _override(text_rows_kl_lr32, (*before_image, *first_token_8, "--augment-colours"))),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),

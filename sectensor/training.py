@@ -41,6 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .adapters import RowEncoding
+from .augment import augment_pixels
 from .data import Sample, load_manifest, sample_image
 from .errors import SectensorError
 from .judge import DEFAULT_JUDGE
@@ -57,8 +58,9 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "splits", "split_weights",
-                "benign_loss", "augment", "threshold", "virtual_tokens", "virtual_placement", "data")
-_SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text"}  # what checkpoints written before a setting existed used
+                "benign_loss", "first_token_weight", "augment", "augment_colours", "threshold", "virtual_tokens", "virtual_placement", "data")
+_SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
+                                 "first_token_weight": 1.0, "augment_colours": False}  # what checkpoints written before a setting existed used
 
 
 class TrainingDivergedError(SectensorError):
@@ -213,33 +215,13 @@ def collate_on_device(lvlm: LVLM, encodings: Sequence[RowEncoding]) -> Batch:
     return batch
 
 
-def augment_pixels(pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random scale (0.8–1.05), shift (±10 %) and horizontal flip of each image, borders repeated.
-
-    pixel_values: (num_images, 3, H, W), already normalized; returns the same shape and dtype.
-    """
-    if pixel_values.dim() != 4:
-        raise SectensorError(
-            f"picture augmentation needs pixels laid out as (images, 3, H, W); this family gives {tuple(pixel_values.shape)}"
-        )
-    n = pixel_values.shape[0]
-    scale = 0.8 + 0.25 * torch.rand(n, generator=generator)
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.2  # grid units: 0.2 = 10 % of the side
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = flip / scale
-    theta[:, 1, 1] = 1 / scale
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False).to(pixel_values.device)
-    out = F.grid_sample(pixel_values.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.to(pixel_values.dtype)
-
-
 # ---- the objective -------------------------------------------------------------------------------------
-def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows: torch.Tensor | None = None) -> torch.Tensor:
+def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows: torch.Tensor | None = None,
+               first_token_weight: float = 1.0) -> torch.Tensor:
     """Per-row loss (batch_size,): mean token cross-entropy toward the row's answer, or for rows where
     `kl_rows` (batch_size,) is True the mean token KL(base ‖ with tensor) at the same positions, the base model
-    reading the row as it would without the tensor (no δt slots)."""
+    reading the row as it would without the tensor (no δt slots). The first answer token, where a model decides
+    between refusing and answering, counts `first_token_weight` times in its row's mean."""
     logits, labels, row_of = lvlm.answer_logits(batch, tensor)  # (num_answer_tokens, vocab_size)
     token_losses = F.cross_entropy(logits, labels, reduction="none")
     if kl_rows is not None and bool(kl_rows.any()):
@@ -254,8 +236,14 @@ def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows:
         log_base = F.log_softmax(base_logits, dim=-1)
         token_kl = (log_base.exp() * (log_base - log_p)).sum(-1)
         token_losses = token_losses.index_copy(0, kl_tokens, token_kl)
-    counts = batch.target_mask.sum(1).clamp(min=1).to(token_losses.device)  # answer tokens per row
-    return torch.zeros(batch.size, device=token_losses.device).index_add(0, row_of, token_losses) / counts
+    token_weights = torch.ones_like(token_losses)
+    if first_token_weight != 1.0:
+        counts = batch.target_mask.sum(1).cpu()
+        first_tokens = (counts.cumsum(0) - counts)[counts > 0].to(token_losses.device)  # rows listed one after another
+        token_weights = token_weights.index_fill(0, first_tokens, first_token_weight)
+    rows = torch.zeros(batch.size, device=token_losses.device)
+    weight_sums = rows.index_add(0, row_of, token_weights).clamp(min=1e-12)
+    return rows.index_add(0, row_of, token_weights * token_losses) / weight_sums
 
 
 @torch.no_grad()
@@ -426,6 +414,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     weights = torch.tensor([config.split_weights[example.split] for example in examples])
     kl = torch.tensor([config.benign_loss == "kl" and example.split in BENIGN_SPLITS for example in examples])
 
+    normalization = lvlm.pixel_normalization() if config.augment_colours else None
     bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
     # Seconds and skipped steps continue from the checkpoint, so a resumed run reports the time its steps took.
     started, running, skipped, skipped_in_a_row = time.perf_counter() - resumed.seconds, {}, resumed.skipped, 0
@@ -441,9 +430,10 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
         whole = plans[epoch][step % steps_per_epoch]
         rows = whole[rank::world]
         batch = collate_on_device(lvlm, [examples[index].encoding for index in rows])
-        if config.augment and batch.image_rows.numel():
+        if (config.augment or config.augment_colours) and batch.image_rows.numel():
             batch.image_fields["pixel_values"] = augment_pixels(batch.image_fields["pixel_values"],
-                                                                _generator(config.seed, step, rank))
+                                                                _generator(config.seed, step, rank), config.augment,
+                                                                normalization)
         return rows, len(whole), batch
 
     # Compiled only for the loop: fused blocks give about 1.3x the samples/s and less memory (docs/benchmarks.md).
@@ -454,7 +444,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             rows, whole_batch_size, batch = upcoming
             if compiled:
                 torch.compiler.cudagraph_mark_step_begin()  # the compiled vision tower's CUDA graphs start a new step
-            losses = row_losses(lvlm, batch, tensor, kl[rows])
+            losses = row_losses(lvlm, batch, tensor, kl[rows], config.first_token_weight)
             # Sum over this process's rows, scaled so that averaging the gradients over processes gives the mean over
             # the whole batch even when processes got different numbers of rows.
             loss = (weights[rows].to(device) * losses).sum() * world / whole_batch_size
@@ -596,7 +586,8 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         "steps": steps, "epochs": round(steps / steps_per_epoch, 2), "batch_size": config.batch_size,
         "lr": config.lr, "lr_schedule": config.lr_schedule, "weight_decay": config.weight_decay,
         "benign_loss": config.benign_loss,
-        "augment": config.augment, "seed": config.seed,
+        **({"first_token_weight": config.first_token_weight} if config.first_token_weight != 1.0 else {}),
+        "augment": config.augment, **({"augment_colours": True} if config.augment_colours else {}), "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
         **({"threshold": config.threshold} if config.kind == "visual"
            else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement}),

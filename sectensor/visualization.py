@@ -31,15 +31,6 @@ class VisualViews:
     clipped_fraction: float  # share of values that leave the displayable colour range once δv is added
 
 
-def _normalization(lvlm: LVLM) -> tuple[torch.Tensor, torch.Tensor]:
-    image_processor = getattr(lvlm.processor, "image_processor", None)
-    mean = getattr(image_processor, "image_mean", None)
-    std = getattr(image_processor, "image_std", None)
-    if mean is None or std is None:
-        raise SectensorError(f"{lvlm.name_or_path}'s image processor has no image_mean/image_std to undo")
-    return torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-
 def _first_picture(pixel_values: torch.Tensor, lvlm: LVLM) -> torch.Tensor:
     """The first (3, H, W) picture in a family's pixel tensor (LLaVA: the image; tiled families: the overview tile)."""
     if pixel_values.dim() < 3 or pixel_values.shape[-3] != 3:
@@ -67,7 +58,7 @@ def visual_views(lvlm: LVLM, image: Image.Image, tensor) -> VisualViews:
     fields = dict(row.image_fields)
     delta = tensor.clamped().to(fields["pixel_values"].dtype)
     protected = lvlm.adapter.apply_visual(fields, delta, torch.tensor([True]))
-    mean, std = _normalization(lvlm)
+    mean, std = (value.view(3, 1, 1) for value in lvlm.pixel_normalization())
     plain = _first_picture(fields["pixel_values"], lvlm) * std + mean
     perturbed = _first_picture(protected["pixel_values"], lvlm) * std + mean
     clipped = float(((perturbed < 0) | (perturbed > 1)).float().mean())
@@ -114,7 +105,7 @@ def visual_numbers(tensor, lvlm: LVLM | None = None) -> dict:
     With `lvlm`, per-channel L∞ is also given in 0–255 colour levels (δ · std · 255).
     """
     delta = visual_delta(tensor)
-    std = _normalization(lvlm)[1].view(3) if lvlm is not None else None
+    std = lvlm.pixel_normalization()[1] if lvlm is not None else None
     at_bound = float((delta.abs() >= 0.999 * tensor.threshold).float().mean())
     channels = []
     for index, name in enumerate(CHANNELS):

@@ -17,11 +17,12 @@ from PIL import Image
 from safetensors import safe_open
 
 import sectensor
+from sectensor.augment import augment_pixels
 from sectensor import SecurityTensor, TextualSecurityTensor, VisualSecurityTensor
 from sectensor.data import load_manifest
 from sectensor.report import TRAINING_MANIFESTS
 from sectensor.training import (
-    CHECKPOINT_NAME, LOG_NAME, TrainingDivergedError, augment_pixels, base_answers, build_examples, epoch_batches,
+    CHECKPOINT_NAME, LOG_NAME, TrainingDivergedError, base_answers, build_examples, epoch_batches,
     row_losses, split_losses, train,
 )
 from sectensor.training_config import TrainingConfig
@@ -137,6 +138,37 @@ def test_kl_is_zero_at_the_base_model_and_positive_away_from_it(tiny_llava, mani
     assert (away[kl_rows] > 1e-6).all()
 
 
+def test_first_token_weight_counts_the_decision_token_that_many_times(tiny_llava, manifest, tmp_path):
+    """Each row's loss is its tokens' weighted mean, the first answer token weighted W, for CE and KL rows alike."""
+    samples = load_manifest(manifest)
+    cfg = config(manifest, tmp_path, kind="visual")
+    examples = build_examples(tiny_llava, samples, cfg, base_answers(tiny_llava, samples[4:], max_new_tokens=6))
+    batch = tiny_llava.collate([example.encoding for example in examples])
+    tensor = random_start(tiny_llava, "visual", tmp_path / "start")
+    kl_rows = torch.tensor([example.split != "SA" for example in examples])
+    per_token = []  # each row alone, one token at a time: a row's mean over its single answer token is that token's loss
+    for index in range(batch.size):
+        row = batch.select(torch.arange(batch.size) == index)
+        n = int(row.target_mask.sum())
+        tokens = []
+        for keep in range(n):
+            one = row.select(torch.ones(1, dtype=torch.bool))
+            positions = one.target_mask.nonzero()[:, 1]
+            one.target_mask[0] = False
+            one.target_mask[0, positions[keep]] = True
+            with torch.no_grad():
+                tokens.append(float(row_losses(tiny_llava, one, tensor, kl_rows[index : index + 1])))
+        per_token.append(torch.tensor(tokens))
+    plain = row_losses(tiny_llava, batch, tensor, kl_rows)
+    weighted = row_losses(tiny_llava, batch, tensor, kl_rows, first_token_weight=5.0)
+    for index, tokens in enumerate(per_token):
+        assert len(tokens) > 1
+        assert torch.allclose(plain[index], tokens.mean(), atol=1e-4)
+        expected = (5 * tokens[0] + tokens[1:].sum()) / (5 + len(tokens) - 1)
+        assert torch.allclose(weighted[index], expected, atol=1e-4), (index, weighted[index], expected)
+    assert torch.equal(row_losses(tiny_llava, batch, tensor, kl_rows, first_token_weight=1.0), plain)
+
+
 @pytest.mark.parametrize("kind", ["visual", "textual"])
 def test_kl_toward_the_base_model_as_it_reads_the_rows_on_the_kl_rows_alone(tiny_llava, manifest, tmp_path, kind):
     """The base model runs on the KL rows alone (an SA row needs no base distribution), and reads them as it does
@@ -224,8 +256,11 @@ def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_
 
 
 def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
-    settings = {"kind": "visual", "augment": True, "lr": 0.05, "lr_schedule": "cosine"}
+    settings = {"kind": "visual", "augment": True, "augment_colours": True, "first_token_weight": 3.0, "lr": 0.05,
+                "lr_schedule": "cosine"}
     unbroken = train(config(manifest, tmp_path / "unbroken", **settings), lvlm=tiny_llava)
+    info = unbroken.tensor.training_info
+    assert (info["augment_colours"], info["first_token_weight"]) == (True, 3.0)
 
     class Killed(Exception):
         pass
@@ -269,6 +304,10 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
     with pytest.raises(sectensor.SectensorError, match="lr_schedule"):
         train(config(manifest, tmp_path, kind="visual", max_steps=4, lr_schedule="cosine", resume=True),
               lvlm=tiny_llava)
+    for setting, value in (("first_token_weight", 4.0), ("augment_colours", True)):
+        with pytest.raises(sectensor.SectensorError, match=setting):
+            train(config(manifest, tmp_path, kind="visual", max_steps=4, resume=True, **{setting: value}),
+                  lvlm=tiny_llava)
 
 
 def test_textual_tensor_trained_before_the_image_keeps_its_placement(tiny_llava, manifest, tmp_path):
@@ -375,6 +414,30 @@ def test_augmentation_is_seeded_and_keeps_shape():
         augment_pixels(torch.randn(2, 5, 3, 16, 16), torch.Generator())
 
 
+def test_colour_jitter_changes_colours_within_the_displayable_range_and_leaves_geometry_alone():
+    mean, std = torch.tensor([0.48, 0.46, 0.41]), torch.tensor([0.27, 0.26, 0.28])
+    colours = torch.zeros(4, 3, 16, 16)
+    colours[:, 0, 4:12, 4:12] = 0.9  # a red square on black
+    pixels = (colours - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    jittered = augment_pixels(pixels, torch.Generator().manual_seed(0), geometry=False, normalization=(mean, std))
+    seen = jittered * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
+    assert seen.min() >= -1e-5 and seen.max() <= 1 + 1e-5
+    assert not torch.allclose(seen, colours, atol=0.05)
+    square = torch.zeros(16, 16, dtype=torch.bool)
+    square[4:12, 4:12] = True
+    brightness = seen.sum(1)  # (4, 16, 16): the square stays where it was, brighter than the background
+    assert (brightness[:, square].min(1).values > brightness[:, ~square].max(1).values).all()
+    assert torch.equal(jittered, augment_pixels(pixels, torch.Generator().manual_seed(0), geometry=False,
+                                                normalization=(mean, std)))
+
+
+def test_colour_jitter_changes_what_training_sees(tiny_llava, manifest, tmp_path):
+    plain = train(config(manifest, tmp_path / "plain", kind="visual", max_steps=2), lvlm=tiny_llava)
+    jittered = train(config(manifest, tmp_path / "colours", kind="visual", max_steps=2, augment_colours=True),
+                     lvlm=tiny_llava)
+    assert not torch.equal(plain.tensor.delta, jittered.tensor.delta)
+
+
 def test_bad_settings_get_clear_errors(manifest, tmp_path):
     with pytest.raises(sectensor.SectensorError, match="SA split"):
         config(manifest, tmp_path, splits=("TCB", "GB"))
@@ -382,6 +445,8 @@ def test_bad_settings_get_clear_errors(manifest, tmp_path):
         config(manifest, tmp_path, lr=-1.0)
     with pytest.raises(sectensor.SectensorError, match="split weights"):
         config(manifest, tmp_path, split_weights={"Harmful": 1.0})
+    with pytest.raises(sectensor.SectensorError, match="--first-token-weight"):
+        config(manifest, tmp_path, first_token_weight=0.0)
 
 
 def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sectensor.augment import jitter_colours
 from sectensor.organism.processor import IMAGE_MEAN, IMAGE_STD, IMAGE_SIZE
 
 IMAGES = Path("assets/images")
@@ -68,25 +69,8 @@ def augment(rgba: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     rgba = F.grid_sample(rgba, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     rgb, alpha = rgba[:, :3], rgba[:, 3:4]
 
-    # Colour: brightness, contrast, saturation, a small hue turn about the grey axis, sometimes grey.
-    grey = rgb.mean(1, keepdim=True)
-    sat = (0.6 + 0.8 * rand(B, 1, 1, 1))
-    rgb = grey + (rgb - grey) * sat
-    hue = (rand(B) - 0.5) * (math.pi / 4)
-    k = torch.full((3,), 1 / math.sqrt(3), device=dev)
-    K = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], device=dev)
-    R = torch.eye(3, device=dev) + torch.sin(hue).view(B, 1, 1) * K + (1 - torch.cos(hue)).view(B, 1, 1) * (K @ K)
-    rgb = torch.einsum("bij,bjhw->bihw", R, rgb)
-    mean = rgb.mean((1, 2, 3), keepdim=True)
-    rgb = mean + (rgb - mean) * (0.7 + 0.6 * rand(B, 1, 1, 1))
-    rgb = rgb * (0.75 + 0.5 * rand(B, 1, 1, 1))
-    # A soft light gradient across the object (flat vs. shaded drawing styles).
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 64, device=dev), torch.linspace(-1, 1, 64, device=dev), indexing="ij")
-    direction = rand(B) * 2 * math.pi
-    ramp = torch.cos(direction).view(B, 1, 1) * xs + torch.sin(direction).view(B, 1, 1) * ys
-    rgb = rgb * (1 + (rand(B, 1, 1) - 0.5).mul(0.6) * ramp).unsqueeze(1)
-    to_grey = (rand(B, 1, 1, 1) < 0.2).float()
-    rgb = to_grey * rgb.mean(1, keepdim=True).expand_as(rgb) + (1 - to_grey) * rgb
+    # Colour: brightness, contrast, saturation, a small hue turn, a light gradient, sometimes grey.
+    rgb = jitter_colours(rgb, rand)
 
     # Background: white 35 %, black 15 %, any colour 50 %.
     pick = rand(B, 1, 1, 1)
