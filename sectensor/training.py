@@ -236,14 +236,17 @@ def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows:
         log_base = F.log_softmax(base_logits, dim=-1)
         token_kl = (log_base.exp() * (log_base - log_p)).sum(-1)
         token_losses = token_losses.index_copy(0, kl_tokens, token_kl)
-    token_weights = torch.ones_like(token_losses)
-    if first_token_weight != 1.0:
-        counts = batch.target_mask.sum(1).cpu()
-        first_tokens = (counts.cumsum(0) - counts)[counts > 0].to(token_losses.device)  # rows listed one after another
-        token_weights = token_weights.index_fill(0, first_tokens, first_token_weight)
-    rows = torch.zeros(batch.size, device=token_losses.device)
-    weight_sums = rows.index_add(0, row_of, token_weights).clamp(min=1e-12)
-    return rows.index_add(0, row_of, token_weights * token_losses) / weight_sums
+    counts = batch.target_mask.sum(1).clamp(min=1).to(token_losses.device)  # answer tokens per row
+    sums = torch.zeros(batch.size, device=token_losses.device).index_add(0, row_of, token_losses)
+    if first_token_weight != 1.0:  # the first token counted (weight - 1) more times
+        tokens_per_row = batch.target_mask.sum(1).cpu()
+        answered = tokens_per_row > 0
+        first_tokens = (tokens_per_row.cumsum(0) - tokens_per_row)[answered]  # rows' tokens are listed row after row
+        extra = first_token_weight - 1.0
+        sums = sums.index_add(0, answered.nonzero().squeeze(1).to(sums.device),
+                              extra * token_losses.index_select(0, first_tokens.to(sums.device)))
+        counts = counts + extra * answered.to(counts.device)
+    return sums / counts
 
 
 @torch.no_grad()
