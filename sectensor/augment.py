@@ -2,8 +2,9 @@
 
 Geometry (scale, shift, flip) keeps a tensor from memorising where things sit in the training pictures; colour
 jitter (brightness, contrast, saturation, a small hue turn, sometimes grey, a soft light gradient) keeps what it
-learns from hanging on how the training drawings are coloured, so that it carries over to drawing styles it never
-saw. The organism's build and tensor training share the colour jitter.
+learns from hanging on how the training drawings are coloured. The organism's build uses the same colour jitter to
+recognise drawing styles it never trained on; for tensors it is `--augment-colours` (measured in
+docs/training-levers.md).
 """
 
 from __future__ import annotations

@@ -58,9 +58,11 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "splits", "split_weights",
-                "benign_loss", "first_token_weight", "augment", "augment_colours", "threshold", "virtual_tokens", "virtual_placement", "data")
+                "benign_loss", "first_token_weight", "augment", "augment_colours", "threshold", "virtual_tokens",
+                "virtual_placement", "data")
+# What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
-                                 "first_token_weight": 1.0, "augment_colours": False}  # what checkpoints written before a setting existed used
+                                 "first_token_weight": 1.0, "augment_colours": False}
 
 
 class TrainingDivergedError(SectensorError):

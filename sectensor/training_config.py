@@ -43,10 +43,10 @@ class TrainingConfig:
     # ---- objective ------------------------------------------------------------------------------------
     benign_loss: str = field(default="ce", metadata=_help("TCB/GB loss: ce = cross-entropy to the base model's greedy answer; kl = KL to its token distributions", choices=BENIGN_LOSSES))
     split_weights: dict[str, float] = field(default_factory=lambda: {"SA": 1.0, "TCB": 1.0, "GB": 1.0}, metadata=_help("loss weight per split, e.g. SA=1 TCB=1 GB=1", nargs="+"))
-    first_token_weight: float = field(default=1.0, metadata=_help("weight of each row's first answer token in its mean loss: the token where the model refuses or starts to answer (1 = every token alike, the paper)"))
+    first_token_weight: float = field(default=1.0, metadata=_help("weight of each row's first answer token in its mean loss: the token where the model refuses or starts to answer (1 = every token alike, the paper; 8 on the organism refused more harmful pictures, and more benign ones: docs/training-levers.md)"))
     refusal: str = field(default="i'm sorry, but i can't help with that.", metadata=_help("SA target for rows whose manifest gives none"))
     augment: bool = field(default=False, metadata=_help("random shift/scale/flip of the pictures at every step (δv and δt), so the tensor cannot memorise the training pictures"))
-    augment_colours: bool = field(default=False, metadata=_help("random colour jitter of the pictures at every step (brightness, contrast, saturation, hue, grey, a light gradient), so what the tensor learns carries over to drawing styles it did not train on; needs pixels laid out as (images, 3, H, W)"))
+    augment_colours: bool = field(default=False, metadata=_help("random colour jitter of the pictures at every step (brightness, contrast, saturation, hue, grey, a light gradient), so the tensor cannot key on the training drawings' colours (no gain on the organism: docs/training-levers.md); needs pixels laid out as (images, 3, H, W)"))
     max_new_tokens: int = field(default=48, metadata=_help("length limit of the cached base answers (TCB/GB targets) and of evaluation answers"))
     # ---- optimisation ---------------------------------------------------------------------------------
     epochs: int = field(default=10, metadata=_help("passes over the training data"))
