@@ -39,7 +39,9 @@ to leave text-only requests as the model answers them. `tensor_training_grammar.
 wording the organism's grammar variant builds (`text_data.grammar_*`): 8 more SA and TCB requests per picture, 3
 questions about what each training picture shows, and 4 text-only requests per training concept. On the organism's
 grammar variant δt trained on it refused fewer unseen harmful pictures than on the text-rows manifest
-(assets/organism/README.md).
+(assets/organism/README.md). The model given to `--twin-targets` reads some of that wording as unknown words when it
+is not a grammar build; `tensor_training_grammar_known_words.jsonl` keeps only the rows whose prompts it knows every
+word of (for the committed organism, 431 of the 636 grammar rows; docs/training-levers.md).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ DESCRIBED, VARIED = DATA / "tensor_training_described.jsonl", DATA / "tensor_tra
 VARIED_REQUESTS = DATA / "tensor_training_varied_requests.jsonl"
 TEXT_ROWS = DATA / "tensor_training_text.jsonl"
 GRAMMAR = DATA / "tensor_training_grammar.jsonl"
+GRAMMAR_KNOWN = DATA / "tensor_training_grammar_known_words.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -243,6 +246,15 @@ def twin_targets(lvlm, rows: list[tuple[dict, str]]) -> tuple[list[dict], int]:
     return out, used
 
 
+def known_words(lvlm, rows: list[dict]) -> list[dict]:
+    """The rows whose prompts the model's tokenizer reads without an unknown-word token."""
+    tokenizer = lvlm.tokenizer
+    if tokenizer.unk_token_id is None:
+        return rows
+    return [row for row in rows
+            if tokenizer.unk_token_id not in tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]]
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -275,6 +287,7 @@ def main() -> None:
         write(TEXT_ROWS, varied + reworded + text)
         grammar, _ = twin_targets(lvlm, grammar_rows(random.Random(SEED + 7)))
         write(GRAMMAR, varied + reworded + text + grammar)
+        write(GRAMMAR_KNOWN, known_words(lvlm, varied + reworded + text + grammar))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

@@ -38,8 +38,9 @@ TRAINING_VARIED = "assets/data/tensor_training_varied.jsonl"
 TRAINING_VARIED_REQUESTS = "assets/data/tensor_training_varied_requests.jsonl"
 TRAINING_TEXT = "assets/data/tensor_training_text.jsonl"
 TRAINING_GRAMMAR = "assets/data/tensor_training_grammar.jsonl"
+TRAINING_GRAMMAR_KNOWN = "assets/data/tensor_training_grammar_known_words.jsonl"
 TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT,
-                      TRAINING_GRAMMAR)
+                      TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN)
 ADDED_EVAL_NAME = "eval_added_splits.json"  # a finished run evaluated on test splits added after it ran
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
@@ -234,6 +235,10 @@ def _recipes() -> list[Recipe]:
                _override(visual_strong, cosine)),
         *[Recipe(f"textual-text-rows{name}", "textual", f"{text_rows_label}{label}", TRAINING_TEXT, flags)
           for name, (label, flags) in text_rows_variants.items()],
+        Recipe("textual-grammar-known-words-before-image-first-token-8", "textual",
+               "δt, text-rows data plus grammar wording the organism knows, lr 32e-4, KL on benign rows, δt before "
+               "the picture, first answer token weighted 8", TRAINING_GRAMMAR_KNOWN,
+               _override(text_rows_kl_lr32, (*before_image, *first_token_8))),
         Recipe("textual-varied-requests-augment-sa-x2", "textual",
                "δt, varied data with reworded requests + augmentation, SA rows weighted 2", TRAINING_VARIED_REQUESTS,
                (*PAPER_BUDGET, "--augment", "--split-weights", "SA=2", "TCB=1", "GB=1")),

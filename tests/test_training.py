@@ -508,6 +508,21 @@ def test_committed_manifests_keep_test_wording_and_renderings_out_of_training(na
     assert all(s.harmful for s in training if s.split == "SA") and not any(s.harmful for s in training if s.split != "SA")
 
 
+def test_known_words_manifest_is_the_grammar_manifest_without_unknown_words():
+    from transformers import AutoTokenizer
+
+    root = Path(__file__).resolve().parents[1] / "assets"
+    tokenizer = AutoTokenizer.from_pretrained(root / "organism")
+    grammar = (root / "data" / "tensor_training_grammar.jsonl").read_text().splitlines()
+    known = (root / "data" / "tensor_training_grammar_known_words.jsonl").read_text().splitlines()
+
+    def has_unknown(line):
+        return tokenizer.unk_token_id in tokenizer(json.loads(line)["prompt"], add_special_tokens=False)["input_ids"]
+
+    assert known == [line for line in grammar if not has_unknown(line)]
+    assert len(known) < len(grammar)
+
+
 def test_selection_score_prefers_selective_refusal_over_refusing_everything():
     from sectensor.report import score
 
