@@ -240,14 +240,12 @@ def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows:
         token_losses = token_losses.index_copy(0, kl_tokens, token_kl)
     counts = batch.target_mask.sum(1).clamp(min=1).to(token_losses.device)  # answer tokens per row
     sums = torch.zeros(batch.size, device=token_losses.device).index_add(0, row_of, token_losses)
-    if first_token_weight != 1.0:  # the first token counted (weight - 1) more times
-        tokens_per_row = batch.target_mask.sum(1).cpu()
-        answered = tokens_per_row > 0
-        first_tokens = (tokens_per_row.cumsum(0) - tokens_per_row)[answered]  # rows' tokens are listed row after row
-        extra = first_token_weight - 1.0
-        sums = sums.index_add(0, answered.nonzero().squeeze(1).to(sums.device),
-                              extra * token_losses.index_select(0, first_tokens.to(sums.device)))
-        counts = counts + extra * answered.to(counts.device)
+    if first_token_weight != 1.0:  # each row's first token counted (weight - 1) more times, found on the device
+        first = torch.ones_like(row_of, dtype=torch.bool)
+        first[1:] = row_of[1:] != row_of[:-1]  # rows' tokens are listed row after row
+        extra = (first_token_weight - 1.0) * first.to(token_losses.dtype)
+        sums = sums.index_add(0, row_of, extra * token_losses)
+        counts = counts + torch.zeros_like(sums).index_add(0, row_of, extra)
     return sums / counts
 
 
