@@ -204,6 +204,26 @@ def _recipes() -> list[Recipe]:
             ", lr 32e-4, KL on benign rows, δt before the picture, first answer token weighted 8, colour jitter",
             _override(text_rows_kl_lr32, (*before_image, *first_token_8, "--augment-colours"))),
     }
+    known_words_label = "δt, text-rows data plus grammar wording the organism knows, lr 32e-4, KL on benign rows"
+    known_words_variants = {  # name suffix -> (label suffix, flags on top of the text rows' lr 32e-4 and KL)
+        "-first-token-8": (", first answer token weighted 8", first_token_8),
+        "-before-image-first-token-8": (", δt before the picture, first answer token weighted 8",
+                                        (*before_image, *first_token_8)),
+        "-before-image-first-token-8-benign-x2": (
+            ", δt before the picture, first answer token weighted 8, TCB and GB rows weighted 2",
+            (*before_image, *first_token_8, "--split-weights", "SA=1", "TCB=2", "GB=2")),
+        "-before-image-first-token-8-cosine": (", δt before the picture, first answer token weighted 8, lr decaying "
+                                               "(cosine)", (*before_image, *first_token_8, *cosine)),
+        "-before-image-first-token-8-cosine-40-epochs": (
+            ", δt before the picture, first answer token weighted 8, lr decaying (cosine), 40 epochs",
+            (*before_image, *first_token_8, *cosine, "--epochs", "40")),
+        "-before-image-first-token-4": (", δt before the picture, first answer token weighted 4",
+                                        (*before_image, "--first-token-weight", "4")),
+        "-before-image-first-token-4-cosine": (", δt before the picture, first answer token weighted 4, lr decaying "
+                                               "(cosine)", (*before_image, "--first-token-weight", "4", *cosine)),
+        "-before-image-first-token-16-cosine": (", δt before the picture, first answer token weighted 16, lr "
+                                                "decaying (cosine)", (*before_image, "--first-token-weight", "16", *cosine)),
+    }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
         Recipe("textual-described-fp32", "textual", "δt, paper recipe on the described data, float32 weights",
@@ -235,10 +255,11 @@ def _recipes() -> list[Recipe]:
                _override(visual_strong, cosine)),
         *[Recipe(f"textual-text-rows{name}", "textual", f"{text_rows_label}{label}", TRAINING_TEXT, flags)
           for name, (label, flags) in text_rows_variants.items()],
-        Recipe("textual-grammar-known-words-before-image-first-token-8", "textual",
-               "δt, text-rows data plus grammar wording the organism knows, lr 32e-4, KL on benign rows, δt before "
-               "the picture, first answer token weighted 8", TRAINING_GRAMMAR_KNOWN,
-               _override(text_rows_kl_lr32, (*before_image, *first_token_8))),
+        *[Recipe(f"textual-grammar-known-words{name}", "textual", f"{known_words_label}{label}", TRAINING_GRAMMAR_KNOWN,
+                 _override(text_rows_kl_lr32, flags)) for name, (label, flags) in known_words_variants.items()],
+        Recipe("visual-strong-grammar-known-words", "visual",
+               "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2, on the text-rows data plus grammar wording "
+               "the organism knows", TRAINING_GRAMMAR_KNOWN, visual_strong),
         Recipe("textual-varied-requests-augment-sa-x2", "textual",
                "δt, varied data with reworded requests + augmentation, SA rows weighted 2", TRAINING_VARIED_REQUESTS,
                (*PAPER_BUDGET, "--augment", "--split-weights", "SA=2", "TCB=1", "GB=1")),
