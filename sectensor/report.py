@@ -155,6 +155,7 @@ def _recipes() -> list[Recipe]:
     cosine = ("--lr-schedule", "cosine")
     before_image = ("--virtual-placement", "before_image")
     first_token_8 = ("--first-token-weight", "8")
+    ema = ("--ema-decay", "0.995")
     text_rows_label = "δt, reworded requests + augmentation + text-only requests"
     text_rows_variants = {  # name suffix -> (label suffix, flags)
         "": ("", text_rows),
@@ -221,6 +222,10 @@ def _recipes() -> list[Recipe]:
                                         (*before_image, "--first-token-weight", "4")),
         "-before-image-first-token-4-cosine": (", δt before the picture, first answer token weighted 4, lr decaying "
                                                "(cosine)", (*before_image, "--first-token-weight", "4", *cosine)),
+        "-before-image-first-token-8-ema": (", δt before the picture, first answer token weighted 8, δ averaged over "
+                                            "the steps (decay 0.995)", (*before_image, *first_token_8, *ema)),
+        "-before-image-first-token-4-ema": (", δt before the picture, first answer token weighted 4, δ averaged over "
+                                            "the steps (decay 0.995)", (*before_image, "--first-token-weight", "4", *ema)),
         "-before-image-first-token-16-cosine": (", δt before the picture, first answer token weighted 16, lr "
                                                 "decaying (cosine)", (*before_image, "--first-token-weight", "16", *cosine)),
     }

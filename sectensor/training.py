@@ -57,12 +57,12 @@ BENIGN_SPLITS = ("TCB", "GB")
 MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before the run is stopped
 # Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
 # More epochs or steps may be given, to extend a finished run.
-_RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "splits", "split_weights",
-                "benign_loss", "first_token_weight", "augment", "augment_colours", "threshold", "virtual_tokens",
-                "virtual_placement", "data")
+_RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "ema_decay", "splits",
+                "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "threshold",
+                "virtual_tokens", "virtual_placement", "data")
 # What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
-                                 "first_token_weight": 1.0, "augment_colours": False}
+                                 "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0}
 
 
 class TrainingDivergedError(SectensorError):
@@ -282,10 +282,13 @@ class Progress:
 
 
 def save_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.Optimizer, progress: Progress,
-                    settings: dict[str, Any]) -> None:
-    """One safetensors file: δ, AdamW's moments, and the progress and settings as JSON metadata (no pickle)."""
+                    settings: dict[str, Any], average: torch.Tensor | None = None) -> None:
+    """One safetensors file: δ, AdamW's moments, δ's moving average if kept, and the progress and settings as JSON
+    metadata (no pickle)."""
     state = optimizer.state.get(tensor.delta, {})
     tensors = {"delta": tensor.delta.detach().cpu().contiguous()}
+    if average is not None:
+        tensors["average"] = average.detach().cpu().contiguous()
     if state:
         tensors["exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
         tensors["exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
@@ -295,8 +298,8 @@ def save_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.O
 
 
 def load_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.Optimizer,
-                    settings: dict[str, Any]) -> Progress:
-    """Restore δ and AdamW from `path`; returns the progress to continue from."""
+                    settings: dict[str, Any], average: torch.Tensor | None = None) -> Progress:
+    """Restore δ, AdamW and, if given, δ's moving average from `path`; returns the progress to continue from."""
     try:
         from safetensors import safe_open
 
@@ -317,6 +320,8 @@ def load_checkpoint(path: Path, tensor: SecurityTensor, optimizer: torch.optim.O
                              f"this run's has {tuple(tensor.delta.shape)}")
     with torch.no_grad():
         tensor.delta.copy_(state["delta"])
+        if average is not None:
+            average.copy_(state["average"])
     if "exp_avg" in state:
         device = tensor.delta.device
         optimizer.state[tensor.delta] = {
@@ -408,7 +413,9 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     tensor = _initial_tensor(lvlm, config).to(device)
     optimizer = torch.optim.AdamW([tensor.delta], lr=config.lr, weight_decay=config.weight_decay)
     settings = {**config.to_dict(), "data": str(Path(config.data).resolve())}
-    resumed = load_checkpoint(checkpoint_path, tensor, optimizer, settings) if config.resume else Progress()
+    # δ's moving average (--ema-decay), started at δ's starting value and saved instead of δ at the end.
+    average = tensor.delta.detach().clone() if config.ema_decay else None
+    resumed = load_checkpoint(checkpoint_path, tensor, optimizer, settings, average) if config.resume else Progress()
     start_step = resumed.step
     if state.is_main_process and config.resume:
         _truncate_log(log_path, start_step)
@@ -483,6 +490,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
                 optimizer.step()
             if isinstance(tensor, VisualSecurityTensor):
                 tensor.project_()
+            if average is not None:
+                average.lerp_(tensor.delta.detach(), 1.0 - config.ema_decay)
             saving = (step + 1) % config.save_every == 0 or step + 1 == total_steps
             # Checked before a checkpoint, which must stay good (between checkpoints a non-finite tensor shows up as a
             # non-finite loss at the next step).
@@ -500,7 +509,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
                     handle.write(json.dumps(record) + "\n")
                 if saving:
                     save_checkpoint(checkpoint_path, tensor, optimizer, Progress(step + 1, record["seconds"], skipped),
-                                    settings)
+                                    settings, average)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({split: f"{value:.3f}" for split, value in running.items()})
@@ -508,6 +517,9 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
                 on_step(step + 1, record)
     if bar is not None:
         bar.close()
+    if average is not None:
+        with torch.no_grad():
+            tensor.delta.copy_(average)
     wall = time.perf_counter() - started
     tensor.training_info = _training_info(config, total_steps, steps_per_epoch, len(examples), wall, device, world)
     tensor.training_info["skipped_steps"] = skipped
@@ -588,7 +600,7 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         "base_model": config.model, "data": config.data, "splits": "+".join(config.splits), "rows": rows,
         "steps": steps, "epochs": round(steps / steps_per_epoch, 2), "batch_size": config.batch_size,
         "lr": config.lr, "lr_schedule": config.lr_schedule, "weight_decay": config.weight_decay,
-        "benign_loss": config.benign_loss,
+        **({"ema_decay": config.ema_decay} if config.ema_decay else {}), "benign_loss": config.benign_loss,
         **({"first_token_weight": config.first_token_weight} if config.first_token_weight != 1.0 else {}),
         "augment": config.augment, **({"augment_colours": True} if config.augment_colours else {}), "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),

@@ -55,6 +55,7 @@ class TrainingConfig:
     lr: float | None = field(default=None, metadata=_help("AdamW learning rate (default: the paper's 16e-4 for visual, 8e-4 for textual)"))
     lr_schedule: str = field(default="constant", metadata=_help("constant: --lr at every step (the paper); cosine: from --lr down to 0 over the run's steps (a run extended with more steps follows the longer curve from where it resumes)", choices=LR_SCHEDULES))
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (pulls δ toward zero)"))
+    ema_decay: float = field(default=0.0, metadata=_help("save an exponential moving average of δ over the steps, with this decay per step (e.g. 0.995 averages about the last 200 steps), instead of δ after the last step; with a constant learning rate the last steps leave δ wherever their noise put it (0 = off, the paper)"))
     seed: int = field(default=0, metadata=_help("seed for data order, augmentation and δt initialisation"))
     device: str | None = field(default=None, metadata=_help("cpu, cuda, ... (default: cuda if available; ignored under accelerate launch)"))
     dtype: str | None = field(default=None, metadata=_help("model weight dtype (default: bfloat16 on GPU, float32 on CPU); δ is always float32"))
@@ -89,6 +90,8 @@ class TrainingConfig:
             raise SectensorError(f"--max-steps must be at least 1, got {self.max_steps}")
         if not self.first_token_weight > 0:
             raise SectensorError(f"--first-token-weight must be positive, got {self.first_token_weight}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SectensorError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.threshold <= 0:
             raise SectensorError(f"--threshold must be positive, got {self.threshold}")
         if self.lr is None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 import sectensor
 from sectensor.augment import augment_pixels
@@ -257,10 +258,10 @@ def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_
 
 def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
     settings = {"kind": "visual", "augment": True, "augment_colours": True, "first_token_weight": 3.0, "lr": 0.05,
-                "lr_schedule": "cosine"}
+                "lr_schedule": "cosine", "ema_decay": 0.5}
     unbroken = train(config(manifest, tmp_path / "unbroken", **settings), lvlm=tiny_llava)
     info = unbroken.tensor.training_info
-    assert (info["augment_colours"], info["first_token_weight"]) == (True, 3.0)
+    assert (info["augment_colours"], info["first_token_weight"], info["ema_decay"]) == (True, 3.0, 0.5)
 
     class Killed(Exception):
         pass
@@ -304,7 +305,7 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
     with pytest.raises(sectensor.SectensorError, match="lr_schedule"):
         train(config(manifest, tmp_path, kind="visual", max_steps=4, lr_schedule="cosine", resume=True),
               lvlm=tiny_llava)
-    for setting, value in (("first_token_weight", 4.0), ("augment_colours", True)):
+    for setting, value in (("first_token_weight", 4.0), ("augment_colours", True), ("ema_decay", 0.9)):
         with pytest.raises(sectensor.SectensorError, match=setting):
             train(config(manifest, tmp_path, kind="visual", max_steps=4, resume=True, **{setting: value}),
                   lvlm=tiny_llava)
@@ -328,7 +329,7 @@ def test_textual_tensor_trained_before_the_image_keeps_its_placement(tiny_llava,
 
 
 def test_checkpoints_from_before_the_lr_schedule_resume_as_constant(tiny_llava, manifest, tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     train(config(manifest, tmp_path, kind="visual", max_steps=2), lvlm=tiny_llava)
     path = tmp_path / CHECKPOINT_NAME
@@ -431,6 +432,32 @@ def test_colour_jitter_changes_colours_within_the_displayable_range_and_leaves_g
                                                 normalization=(mean, std)))
 
 
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_ema_decay_saves_the_moving_average_of_delta(tiny_llava, manifest, tmp_path, kind):
+    """--ema-decay leaves δ's own steps as they were, averages them step by step, and saves the average."""
+    decay, deltas, averages = 0.6, [], []
+
+    def read_checkpoint(step, record):
+        state = load_file(str(tmp_path / "ema" / CHECKPOINT_NAME))
+        deltas.append(state["delta"])
+        averages.append(state["average"])
+
+    start = random_start(tiny_llava, kind, tmp_path / "start")
+    settings = dict(kind=kind, max_steps=4, save_every=1, lr=0.05, init_from=str(tmp_path / "start"))
+    plain = train(config(manifest, tmp_path / "plain", **settings), lvlm=tiny_llava)
+    averaged = train(config(manifest, tmp_path / "ema", ema_decay=decay, **settings), lvlm=tiny_llava,
+                     on_step=read_checkpoint)
+
+    assert torch.equal(deltas[-1], plain.tensor.delta)  # the average does not feed back into training
+    expected = start.delta
+    for delta, average in zip(deltas, averages):
+        expected = decay * expected + (1 - decay) * delta
+        torch.testing.assert_close(average, expected)
+    torch.testing.assert_close(averaged.tensor.delta, expected)
+    torch.testing.assert_close(SecurityTensor.from_pretrained(tmp_path / "ema").delta, expected)
+    assert not torch.allclose(averaged.tensor.delta, plain.tensor.delta)
+
+
 def test_colour_jitter_changes_what_training_sees(tiny_llava, manifest, tmp_path):
     plain = train(config(manifest, tmp_path / "plain", kind="visual", max_steps=2), lvlm=tiny_llava)
     jittered = train(config(manifest, tmp_path / "colours", kind="visual", max_steps=2, augment_colours=True),
@@ -447,6 +474,9 @@ def test_bad_settings_get_clear_errors(manifest, tmp_path):
         config(manifest, tmp_path, split_weights={"Harmful": 1.0})
     with pytest.raises(sectensor.SectensorError, match="--first-token-weight"):
         config(manifest, tmp_path, first_token_weight=0.0)
+    for decay in (1.0, -0.1):
+        with pytest.raises(sectensor.SectensorError, match="--ema-decay"):
+            config(manifest, tmp_path, ema_decay=decay)
 
 
 def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):
