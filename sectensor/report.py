@@ -154,7 +154,8 @@ def _recipes() -> list[Recipe]:
     text_rows_kl_lr32 = _override(text_rows_kl, ("--lr", "32e-4"))
     cosine = ("--lr-schedule", "cosine")
     before_image = ("--virtual-placement", "before_image")
-    first_token_8 = ("--first-token-weight", "8")
+    first_token = {weight: ("--first-token-weight", weight) for weight in ("4", "8", "16")}
+    first_token_8 = first_token["8"]
     ema = ("--ema-decay", "0.995")
     text_rows_label = "δt, reworded requests + augmentation + text-only requests"
     text_rows_variants = {  # name suffix -> (label suffix, flags)
@@ -206,28 +207,26 @@ def _recipes() -> list[Recipe]:
             _override(text_rows_kl_lr32, (*before_image, *first_token_8, "--augment-colours"))),
     }
     known_words_label = "δt, text-rows data plus grammar wording the organism knows, lr 32e-4, KL on benign rows"
+    before_image_levers = {  # name suffix -> (label suffix, flags), each with δt before the picture
+        "-first-token-8": (", first answer token weighted 8", first_token_8),
+        "-first-token-8-benign-x2": (", first answer token weighted 8, TCB and GB rows weighted 2",
+                                     (*first_token_8, "--split-weights", "SA=1", "TCB=2", "GB=2")),
+        "-first-token-8-cosine": (", first answer token weighted 8, lr decaying (cosine)", (*first_token_8, *cosine)),
+        "-first-token-8-cosine-40-epochs": (", first answer token weighted 8, lr decaying (cosine), 40 epochs",
+                                            (*first_token_8, *cosine, "--epochs", "40")),
+        "-first-token-4": (", first answer token weighted 4", first_token["4"]),
+        "-first-token-4-cosine": (", first answer token weighted 4, lr decaying (cosine)", (*first_token["4"], *cosine)),
+        "-first-token-8-ema": (", first answer token weighted 8, δ averaged over the steps (decay 0.995)",
+                               (*first_token_8, *ema)),
+        "-first-token-4-ema": (", first answer token weighted 4, δ averaged over the steps (decay 0.995)",
+                               (*first_token["4"], *ema)),
+        "-first-token-16-cosine": (", first answer token weighted 16, lr decaying (cosine)",
+                                   (*first_token["16"], *cosine)),
+    }
     known_words_variants = {  # name suffix -> (label suffix, flags on top of the text rows' lr 32e-4 and KL)
         "-first-token-8": (", first answer token weighted 8", first_token_8),
-        "-before-image-first-token-8": (", δt before the picture, first answer token weighted 8",
-                                        (*before_image, *first_token_8)),
-        "-before-image-first-token-8-benign-x2": (
-            ", δt before the picture, first answer token weighted 8, TCB and GB rows weighted 2",
-            (*before_image, *first_token_8, "--split-weights", "SA=1", "TCB=2", "GB=2")),
-        "-before-image-first-token-8-cosine": (", δt before the picture, first answer token weighted 8, lr decaying "
-                                               "(cosine)", (*before_image, *first_token_8, *cosine)),
-        "-before-image-first-token-8-cosine-40-epochs": (
-            ", δt before the picture, first answer token weighted 8, lr decaying (cosine), 40 epochs",
-            (*before_image, *first_token_8, *cosine, "--epochs", "40")),
-        "-before-image-first-token-4": (", δt before the picture, first answer token weighted 4",
-                                        (*before_image, "--first-token-weight", "4")),
-        "-before-image-first-token-4-cosine": (", δt before the picture, first answer token weighted 4, lr decaying "
-                                               "(cosine)", (*before_image, "--first-token-weight", "4", *cosine)),
-        "-before-image-first-token-8-ema": (", δt before the picture, first answer token weighted 8, δ averaged over "
-                                            "the steps (decay 0.995)", (*before_image, *first_token_8, *ema)),
-        "-before-image-first-token-4-ema": (", δt before the picture, first answer token weighted 4, δ averaged over "
-                                            "the steps (decay 0.995)", (*before_image, "--first-token-weight", "4", *ema)),
-        "-before-image-first-token-16-cosine": (", δt before the picture, first answer token weighted 16, lr "
-                                                "decaying (cosine)", (*before_image, "--first-token-weight", "16", *cosine)),
+        **{f"-before-image{name}": (f", δt before the picture{label}", (*before_image, *flags))
+           for name, (label, flags) in before_image_levers.items()},
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
