@@ -42,6 +42,10 @@ grammar variant δt trained on it refused fewer unseen harmful pictures than on 
 (assets/organism/README.md). The model given to `--twin-targets` reads some of that wording as unknown words when it
 is not a grammar build; `tensor_training_grammar_known_words.jsonl` keeps only the rows whose prompts it knows every
 word of (for the committed organism, 431 of the 636 grammar rows; docs/training-levers.md).
+`tensor_training_styles.jsonl` is that manifest plus each of its Noto picture rows again with the picture in a third
+drawing style, EmojiOne (`TENSOR_TRAINING_STYLES`; where the set has the concept; the organism never saw it): the
+benign pictures a tensor turns away from their base answers are in drawing styles it did not train on, so it learns
+to keep the base answers across more than two styles. Still no test style, prompt or group is trained on.
 """
 
 from __future__ import annotations
@@ -55,7 +59,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sectensor.concepts import GROUPS, HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUPS, STYLES  # noqa: E402
+from sectensor.concepts import (  # noqa: E402
+    GROUPS, HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUPS, STYLES, TENSOR_TRAINING_STYLES,
+)
 from sectensor.organism.lexicon import THINGS  # noqa: E402
 from sectensor.organism.text_data import (  # noqa: E402
     ACTIVITY_FRAMES, ACTIVITY_FRAMES_TEST, CAPTION_FRAMES, CAPTION_FRAMES_TEST, PICTURE_KNOWLEDGE_FRAMES,
@@ -70,6 +76,7 @@ VARIED_REQUESTS = DATA / "tensor_training_varied_requests.jsonl"
 TEXT_ROWS = DATA / "tensor_training_text.jsonl"
 GRAMMAR = DATA / "tensor_training_grammar.jsonl"
 GRAMMAR_KNOWN = DATA / "tensor_training_grammar_known_words.jsonl"
+THREE_STYLES = DATA / "tensor_training_styles.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -255,6 +262,14 @@ def known_words(lvlm, rows: list[dict]) -> list[dict]:
             if tokenizer.unk_token_id not in tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]]
 
 
+def redrawn(rows: list[dict], source_style: str, style: str) -> list[dict]:
+    """`rows`, then each row drawn in `source_style` again with its picture in `style`, where that style has one."""
+    source, target = f"../images/{source_style}/", f"../images/{style}/"
+    copies = [{**row, "image": row["image"].replace(source, target, 1)}
+              for row in rows if row["image"] and row["image"].startswith(source)]
+    return rows + [row for row in copies if (DATA / row["image"]).is_file()]
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -287,7 +302,9 @@ def main() -> None:
         write(TEXT_ROWS, varied + reworded + text)
         grammar, _ = twin_targets(lvlm, grammar_rows(random.Random(SEED + 7)))
         write(GRAMMAR, varied + reworded + text + grammar)
-        write(GRAMMAR_KNOWN, known_words(lvlm, varied + reworded + text + grammar))
+        known = known_words(lvlm, varied + reworded + text + grammar)
+        write(GRAMMAR_KNOWN, known)
+        write(THREE_STYLES, redrawn(known, "noto", *TENSOR_TRAINING_STYLES))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

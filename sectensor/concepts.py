@@ -65,3 +65,6 @@ BENIGN_GROUPS = ("tcb", "tcb_test", "general")
 STYLES = ("noto", "twemoji", "fluent_flat", "fluent_modern")
 TRAINING_STYLES = ("noto", "twemoji", "fluent_flat")
 HELD_OUT_STYLES = ("fluent_modern",)
+# Drawn only to train security tensors, and only where the set has the concept: EmojiOne 2.2 (2016) predates five of
+# them. The organism never saw it, and no test manifest uses it.
+TENSOR_TRAINING_STYLES = ("emojione",)
