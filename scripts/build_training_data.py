@@ -42,10 +42,12 @@ grammar variant δt trained on it refused fewer unseen harmful pictures than on 
 (assets/organism/README.md). The model given to `--twin-targets` reads some of that wording as unknown words when it
 is not a grammar build; `tensor_training_grammar_known_words.jsonl` keeps only the rows whose prompts it knows every
 word of (for the committed organism, 431 of the 636 grammar rows; docs/training-levers.md).
-`tensor_training_styles.jsonl` is that manifest plus each of its Noto picture rows again with the picture in a third
-drawing style, EmojiOne (`TENSOR_TRAINING_STYLES`; where the set has the concept; the organism never saw it): the
-benign pictures a tensor turns away from their base answers are in drawing styles it did not train on, so it learns
-to keep the base answers across more than two styles. Still no test style, prompt or group is trained on.
+`tensor_training_styles_all.jsonl` is that manifest plus each of its Noto picture rows again with the picture in a
+third drawing style, EmojiOne (`TENSOR_TRAINING_STYLES`, where the set has the concept; the organism never saw the
+style): the benign pictures a tensor turns away from their base answers are in drawing styles it did not train on,
+so that it may learn to keep the base answers across more than two styles. `tensor_training_styles.jsonl` keeps
+only the EmojiOne pictures the model names right when asked what they show (21 of the 27 training concepts for
+the committed organism). Still no test style, prompt or group is trained on.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ VARIED_REQUESTS = DATA / "tensor_training_varied_requests.jsonl"
 TEXT_ROWS = DATA / "tensor_training_text.jsonl"
 GRAMMAR = DATA / "tensor_training_grammar.jsonl"
 GRAMMAR_KNOWN = DATA / "tensor_training_grammar_known_words.jsonl"
-THREE_STYLES = DATA / "tensor_training_styles.jsonl"
+THREE_STYLES, THREE_STYLES_ALL = DATA / "tensor_training_styles.jsonl", DATA / "tensor_training_styles_all.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -262,12 +264,27 @@ def known_words(lvlm, rows: list[dict]) -> list[dict]:
             if tokenizer.unk_token_id not in tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]]
 
 
-def redrawn(rows: list[dict], source_style: str, style: str) -> list[dict]:
-    """`rows`, then each row drawn in `source_style` again with its picture in `style`, where that style has one."""
+def named_pictures(lvlm, rows: list[dict]) -> set[str]:
+    """The rows' pictures that the model names right when asked what each shows (the first caption frame)."""
+    from sectensor.data import open_image
+
+    pictures = sorted({(row["image"], row["concept"]) for row in rows if row["image"]})
+    answers = lvlm.generate([open_image(DATA / image) for image, _ in pictures], [CAPTION_FRAMES[0]] * len(pictures))
+    return {image for (image, concept), answer in zip(pictures, answers) if concept in answer.lower()}
+
+
+def redrawn(rows: list[dict], source_style: str, style: str, lvlm=None) -> list[dict]:
+    """`rows`, then each row drawn in `source_style` again with its picture in `style`, where that style has one and,
+    given a model, where the model names it right: a picture the model misreads would teach a tensor to refuse or
+    answer pictures by their look, not by what the model sees in them."""
     source, target = f"../images/{source_style}/", f"../images/{style}/"
     copies = [{**row, "image": row["image"].replace(source, target, 1)}
               for row in rows if row["image"] and row["image"].startswith(source)]
-    return rows + [row for row in copies if (DATA / row["image"]).is_file()]
+    copies = [row for row in copies if (DATA / row["image"]).is_file()]
+    if lvlm is not None:
+        named = named_pictures(lvlm, copies)
+        copies = [row for row in copies if row["image"] in named]
+    return rows + copies
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -304,7 +321,8 @@ def main() -> None:
         write(GRAMMAR, varied + reworded + text + grammar)
         known = known_words(lvlm, varied + reworded + text + grammar)
         write(GRAMMAR_KNOWN, known)
-        write(THREE_STYLES, redrawn(known, "noto", *TENSOR_TRAINING_STYLES))
+        write(THREE_STYLES_ALL, redrawn(known, "noto", *TENSOR_TRAINING_STYLES))
+        write(THREE_STYLES, redrawn(known, "noto", *TENSOR_TRAINING_STYLES, lvlm=lvlm))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

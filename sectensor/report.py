@@ -40,8 +40,9 @@ TRAINING_TEXT = "assets/data/tensor_training_text.jsonl"
 TRAINING_GRAMMAR = "assets/data/tensor_training_grammar.jsonl"
 TRAINING_GRAMMAR_KNOWN = "assets/data/tensor_training_grammar_known_words.jsonl"
 TRAINING_STYLES = "assets/data/tensor_training_styles.jsonl"
+TRAINING_STYLES_ALL = "assets/data/tensor_training_styles_all.jsonl"
 TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT,
-                      TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES)
+                      TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES, TRAINING_STYLES_ALL)
 ADDED_EVAL_NAME = "eval_added_splits.json"  # a finished run evaluated on test splits added after it ran
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
@@ -229,8 +230,11 @@ def _recipes() -> list[Recipe]:
         **{f"-before-image{name}": (f", δt before the picture{label}", (*before_image, *flags))
            for name, (label, flags) in before_image_levers.items()},
     }
-    styles_label = "δt, known-words data plus its Noto pictures redrawn in EmojiOne, lr 32e-4, KL on benign rows, δt before " \
-                   "the picture"
+    styles = {  # name -> (label, manifest): the known-words rows plus their Noto pictures redrawn in EmojiOne
+        "textual-styles-all": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne", TRAINING_STYLES_ALL),
+        "textual-styles": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne where the organism names "
+                           "them", TRAINING_STYLES),
+    }
     styles_levers = ("-first-token-8-ema", "-first-token-8-cosine", "-first-token-8-cosine-40-epochs")
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
@@ -265,9 +269,10 @@ def _recipes() -> list[Recipe]:
           for name, (label, flags) in text_rows_variants.items()],
         *[Recipe(f"textual-grammar-known-words{name}", "textual", f"{known_words_label}{label}", TRAINING_GRAMMAR_KNOWN,
                  _override(text_rows_kl_lr32, flags)) for name, (label, flags) in known_words_variants.items()],
-        *[Recipe(f"textual-styles-before-image{name}", "textual", f"{styles_label}{before_image_levers[name][0]}",
-                 TRAINING_STYLES, _override(text_rows_kl_lr32, (*before_image, *before_image_levers[name][1])))
-          for name in styles_levers],
+        *[Recipe(f"{prefix}-before-image{name}", "textual",
+                 f"{label}, lr 32e-4, KL on benign rows, δt before the picture{before_image_levers[name][0]}", data,
+                 _override(text_rows_kl_lr32, (*before_image, *before_image_levers[name][1])))
+          for prefix, (label, data) in styles.items() for name in styles_levers],
         Recipe("visual-strong-grammar-known-words", "visual",
                "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2, on the text-rows data plus grammar wording "
                "the organism knows", TRAINING_GRAMMAR_KNOWN, visual_strong),

@@ -553,27 +553,35 @@ def test_known_words_manifest_is_the_grammar_manifest_without_unknown_words():
     assert len(known) < len(grammar)
 
 
-def test_styles_manifest_adds_the_known_words_noto_rows_redrawn_in_emojione():
-    """tensor_training_styles.jsonl is the known-words manifest, then each of its Noto picture rows once more with
-    the EmojiOne picture wherever that set has the concept; every picture in assets/images has its source and
-    licence in the picture manifest, and no test row shows an EmojiOne picture."""
+def test_styles_manifests_add_the_known_words_noto_rows_redrawn_in_emojione():
+    """tensor_training_styles_all.jsonl is the known-words manifest, then each of its Noto picture rows once more
+    with the EmojiOne picture where that set has the concept; tensor_training_styles.jsonl keeps only the EmojiOne
+    pictures the organism names right (asked what they show). Every picture in assets/images has its source and
+    licence recorded, and no test row shows EmojiOne."""
+    from sectensor.data import open_image
+
     root = Path(__file__).resolve().parents[1] / "assets"
     known = [json.loads(line) for line in (root / "data" / "tensor_training_grammar_known_words.jsonl").open()]
-    styles = [json.loads(line) for line in (root / "data" / "tensor_training_styles.jsonl").open()]
+    styles, styles_all = ([json.loads(line) for line in (root / "data" / name).open()]
+                          for name in ("tensor_training_styles.jsonl", "tensor_training_styles_all.jsonl"))
     drawn = {path.name for path in (root / "images" / "emojione").glob("*.png")}
-    redrawn = [{**row, "image": row["image"].replace("/noto/", "/emojione/")} for row in known
-               if row["image"] and "/noto/" in row["image"] and row["image"].rsplit("/", 1)[1] in drawn]
-    assert styles == known + redrawn
-    assert 600 < len(redrawn) and {row["split"] for row in redrawn} == {"SA", "TCB", "GB"}
+    copies = [{**row, "image": row["image"].replace("/noto/", "/emojione/")} for row in known
+              if row["image"] and "/noto/" in row["image"] and row["image"].rsplit("/", 1)[1] in drawn]
+    pictures = sorted({(row["image"], row["concept"]) for row in copies})
+    lvlm = sectensor.load_lvlm(root / "organism", device="cpu")
+    answers = lvlm.generate([open_image(root / "data" / image) for image, _ in pictures],
+                            ["what is in this image?"] * len(pictures))
+    named = {image for (image, concept), answer in zip(pictures, answers) if concept in answer}
+    assert styles_all == known + copies
+    assert styles == known + [row for row in copies if row["image"] in named]
+    assert len(pictures) - 10 < len(named) < len(pictures)  # a few misread pictures are left out, not most
+    assert {row["split"] for row in styles[len(known):]} == {"SA", "TCB", "GB"}
 
-    pictures = json.loads((root / "images" / "manifest.json").read_text())
-    recorded = {entry["path"]: entry for entry in pictures}
-    on_disk = {path.relative_to(root.parent).as_posix() for path in (root / "images").glob("*/*.png")}
-    assert set(recorded) == on_disk
+    recorded = {entry["path"]: entry for entry in json.loads((root / "images" / "manifest.json").read_text())}
+    assert set(recorded) == {path.relative_to(root.parent).as_posix() for path in (root / "images").glob("*/*.png")}
     assert all(recorded[f"assets/images/emojione/{name}"]["licence"] == "CC-BY-4.0" for name in drawn)
     assert "emojione" in (root / "images" / "LICENSES.md").read_text()
-    tests = load_manifest(root / "data" / "tensor_tests.jsonl")
-    assert not any(s.image and "/emojione/" in str(s.image) for s in tests)
+    assert not any(s.image and "/emojione/" in str(s.image) for s in load_manifest(root / "data" / "tensor_tests.jsonl"))
 
 
 def test_selection_score_prefers_selective_refusal_over_refusing_everything():
