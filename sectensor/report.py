@@ -235,7 +235,7 @@ def _recipes() -> list[Recipe]:
         "textual-styles": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne where the organism names "
                            "them", TRAINING_STYLES),
     }
-    styles_levers = ("-first-token-8-ema", "-first-token-8-cosine", "-first-token-8-cosine-40-epochs")
+    styles_levers = ("-first-token-8-ema", "-first-token-8-cosine")
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
         Recipe("textual-described-fp32", "textual", "δt, paper recipe on the described data, float32 weights",
