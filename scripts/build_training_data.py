@@ -265,12 +265,15 @@ def known_words(lvlm, rows: list[dict]) -> list[dict]:
 
 
 def named_pictures(lvlm, rows: list[dict]) -> set[str]:
-    """The rows' pictures that the model names right when asked what each shows (the first caption frame)."""
-    from sectensor.data import open_image
+    """The rows' pictures that the model names right (the evaluator's right object) when asked what each shows."""
+    from sectensor.data import Sample
+    from sectensor.evaluate import evaluate
 
     pictures = sorted({(row["image"], row["concept"]) for row in rows if row["image"]})
-    answers = lvlm.generate([open_image(DATA / image) for image, _ in pictures], [CAPTION_FRAMES[0]] * len(pictures))
-    return {image for (image, concept), answer in zip(pictures, answers) if concept in answer.lower()}
+    questions = [Sample(CAPTION_FRAMES[0], "named", str(DATA / image), concept=concept, answer_contains=[concept])
+                 for image, concept in pictures]
+    answers = evaluate(lvlm, questions, progress=False)["samples"]
+    return {image for (image, _), answer in zip(pictures, answers) if answer["outcome"] == "correct"}
 
 
 def redrawn(rows: list[dict], source_style: str, style: str, lvlm=None) -> list[dict]:
