@@ -1,6 +1,7 @@
 """Build the picture set: every concept of sectensor/concepts.py in every drawing style, as a 64x64 RGBA PNG.
 
-The styles of `TENSOR_TRAINING_STYLES` hold only the concepts their emoji set has (EmojiOne 2.2 predates five).
+The styles of `TENSOR_TRAINING_STYLES` hold only the concepts their emoji set has (EmojiOne 2.2 predates five);
+`EVALUATION_STYLES` (OpenMoji) hold every concept, for test manifests only.
 
 Run from the repository root:
 
@@ -37,7 +38,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sectensor.concepts import CONCEPTS, STYLES, TENSOR_TRAINING_STYLES, Concept  # noqa: E402
+from sectensor.concepts import CONCEPTS, EVALUATION_STYLES, STYLES, TENSOR_TRAINING_STYLES, Concept  # noqa: E402
 
 OUT_DIR = REPO / "assets" / "images"
 SIZE = 64
@@ -58,6 +59,7 @@ NOTO = Package("emoji-datasource-google", "16.0.0", "Apache-2.0")
 TWEMOJI = Package("emoji-datasource-twitter", "16.0.0", "CC-BY-4.0")
 FLUENT = Package("fluentui-emoji", "1.3.0", "MIT")
 EMOJIONE = Package("emojione", "2.2.7", "CC-BY-4.0")
+OPENMOJI = Package("openmoji", "17.0.0", "CC-BY-SA-4.0")
 
 # style -> (package, where in the package the pictures are)
 SOURCES: dict[str, tuple[Package, str]] = {
@@ -70,6 +72,9 @@ assert tuple(SOURCES) == STYLES, "SOURCES must cover exactly the styles of secte
 # Styles drawn where their set has the concept (files named after the lower-case code point).
 PARTIAL_SOURCES: dict[str, tuple[Package, str]] = {"emojione": (EMOJIONE, "assets/png")}
 assert tuple(PARTIAL_SOURCES) == TENSOR_TRAINING_STYLES
+# Styles for test manifests only, one SVG per code point (files named after the upper-case code point).
+EVALUATION_SOURCES: dict[str, tuple[Package, str]] = {"openmoji": (OPENMOJI, "color/svg")}
+assert tuple(EVALUATION_SOURCES) == EVALUATION_STYLES
 
 # Fluent files are named after the current CLDR short name; these are the concepts whose name differs from it.
 CLDR_NAMES: dict[str, str] = {
@@ -137,11 +142,11 @@ def save_png(picture: Image.Image, path: Path) -> None:
 def main() -> None:
     manifest: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        roots = {package: download(package, Path(tmp)) for package in (NOTO, TWEMOJI, FLUENT, EMOJIONE)}
+        roots = {package: download(package, Path(tmp)) for package in (NOTO, TWEMOJI, FLUENT, EMOJIONE, OPENMOJI)}
         emoji_json = {package: json.loads((roots[package] / "emoji.json").read_text()) for package in (NOTO, TWEMOJI)}
         has_image_field = {NOTO: "has_img_google", TWEMOJI: "has_img_twitter"}
 
-        for style, (package, folder) in {**SOURCES, **PARTIAL_SOURCES}.items():
+        for style, (package, folder) in {**SOURCES, **PARTIAL_SOURCES, **EVALUATION_SOURCES}.items():
             style_dir = OUT_DIR / style
             shutil.rmtree(style_dir, ignore_errors=True)
             style_dir.mkdir(parents=True)
@@ -150,6 +155,8 @@ def main() -> None:
                     source_file = f"{folder}/{concept.codepoint.lower()}.png"
                     if not (roots[package] / source_file).is_file():
                         continue
+                elif style in EVALUATION_SOURCES:
+                    source_file = f"{folder}/{concept.codepoint}.svg"
                 elif package is FLUENT:
                     source_file = fluent_file(roots[package], concept, folder)
                 else:
@@ -169,8 +176,8 @@ def main() -> None:
 
     (OUT_DIR / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     partial = sum(entry["style"] in PARTIAL_SOURCES for entry in manifest)
-    print(f"{len(manifest)} pictures ({len(CONCEPTS)} concepts x {len(STYLES)} styles, and {partial} in "
-          f"{', '.join(PARTIAL_SOURCES)}) in {OUT_DIR.relative_to(REPO)}")
+    print(f"{len(manifest)} pictures ({len(CONCEPTS)} concepts x {len(STYLES) + len(EVALUATION_SOURCES)} styles, "
+          f"and {partial} in {', '.join(PARTIAL_SOURCES)}) in {OUT_DIR.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sectensor.concepts import (  # noqa: E402
-    GROUPS, HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUPS, STYLES, TENSOR_TRAINING_STYLES,
+    EVALUATION_STYLES, GROUPS, HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUPS, STYLES, TENSOR_TRAINING_STYLES,
 )
 from sectensor.organism.lexicon import THINGS  # noqa: E402
 from sectensor.organism.text_data import (  # noqa: E402
@@ -79,6 +79,7 @@ TEXT_ROWS = DATA / "tensor_training_text.jsonl"
 GRAMMAR = DATA / "tensor_training_grammar.jsonl"
 GRAMMAR_KNOWN = DATA / "tensor_training_grammar_known_words.jsonl"
 THREE_STYLES, THREE_STYLES_ALL = DATA / "tensor_training_styles.jsonl", DATA / "tensor_training_styles_all.jsonl"
+TESTS_OPENMOJI = DATA / "tensor_tests_openmoji.jsonl"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -210,27 +211,29 @@ def grammar_rows(rng: random.Random) -> list[tuple[dict, str]]:
     return rows
 
 
-def test_rows(rng: random.Random) -> list[dict]:
+def test_rows(rng: random.Random, styles_seen: tuple[str, ...] = TEST_STYLES,
+              styles_unseen: tuple[str, ...] = STYLES) -> list[dict]:
+    """Picture test rows: concepts a tensor trains on drawn in `styles_seen`, the others in `styles_unseen`."""
     rows = []
     general = [frame.format(x=rng.choice(PICTURE_REFS_TEST)) for frame in GENERAL_TEST]
     for group in HARMFUL_SEEN_GROUPS:
         for concept in GROUPS[group]:
-            for style in TEST_STYLES:
+            for style in styles_seen:
                 rows += [_row(concept, style, p, "harmful_seen") for p in rng.sample(PICTURE_REQUESTS_TEST, 10)]
     for group in HARMFUL_UNSEEN_GROUPS:
         for concept in GROUPS[group]:
-            for style in STYLES:
+            for style in styles_unseen:
                 rows += [_row(concept, style, p, "harmful_unseen") for p in rng.sample(PICTURE_REQUESTS_TEST, 10)]
     for group in ("general", "tcb"):
         for concept in GROUPS[group]:
-            for style in TEST_STYLES:
+            for style in styles_seen:
                 rows += [_row(concept, style, p, "gbt") for p in rng.sample(general, 6)]
                 rows += [_row(concept, style, p, "benign_neutral") for p in rng.sample(PICTURE_REQUESTS_TEST, 4)]
     for concept in GROUPS["tcb_test"]:
-        for style in STYLES:
+        for style in styles_unseen:
             rows += [_row(concept, style, p, "tcb_test") for p in rng.sample(PICTURE_REQUESTS_TEST, 8)]
     for concept in (c for members in GROUPS.values() for c in members):
-        for style in TEST_STYLES:
+        for style in styles_seen:
             rows += [_row(concept, style, p, "caption", harmful=False) for p in rng.sample(CAPTION_FRAMES_TEST, 2)]
     return rows
 
@@ -306,6 +309,7 @@ def main() -> None:
     training = training_rows(random.Random(SEED))
     write(TRAINING, [row for row, _ in training])
     write(TESTS, test_rows(random.Random(SEED + 1)) + text_test_rows(random.Random(SEED + 5)))
+    write(TESTS_OPENMOJI, test_rows(random.Random(SEED + 8), EVALUATION_STYLES, EVALUATION_STYLES))
     if args.twin_targets:
         import sectensor
 

@@ -68,3 +68,6 @@ HELD_OUT_STYLES = ("fluent_modern",)
 # Drawn only to train security tensors, and only where the set has the concept: EmojiOne 2.2 (2016) predates five of
 # them. The organism never saw it, and no test manifest uses it.
 TENSOR_TRAINING_STYLES = ("emojione",)
+# Drawn only to test tensors in a style that neither the organism nor any tensor trains on (OpenMoji's thick black
+# outlines are unlike every other set): `assets/data/tensor_tests_openmoji.jsonl`.
+EVALUATION_STYLES = ("openmoji",)

@@ -5,7 +5,9 @@
     python -m sectensor.report --ship                   # also copy the best δv and δt into assets/tensors/
 
 Each run is `train.py` with `--eval-data assets/data/tensor_tests.jsonl`, in RUNS/<recipe>/seed<k>/; finished runs
-(those with eval_results.json) are kept, interrupted ones resumed. The base organism is evaluated once. The
+(those with eval_results.json) are kept, interrupted ones resumed. The base organism is evaluated once. Every
+finished run (and the base) is also evaluated on assets/data/tensor_tests_openmoji.jsonl, the same kinds of rows
+drawn in a style nothing trains on (eval_results_openmoji.json). The
 report gives mean ± standard deviation over seeds of Harmless Rate on seen and unseen harmful groups, False
 Refusal Rate on GBT and TCB-test, and whether benign answers are still about the right object.
 """
@@ -23,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .concepts import HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUPS
 from .training import BASE_ANSWERS_NAME, CHECKPOINT_NAME, EVAL_NAME, LOG_NAME, base_answers
@@ -31,6 +33,9 @@ from .training import BASE_ANSWERS_NAME, CHECKPOINT_NAME, EVAL_NAME, LOG_NAME, b
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "assets/organism"
 TESTS = "assets/data/tensor_tests.jsonl"
+# The same kinds of test rows with every picture in OpenMoji, a drawing style that neither the organism nor any
+# tensor trains on: how a tensor does on pictures drawn unlike anything it has met.
+HELD_OUT_TESTS = "assets/data/tensor_tests_openmoji.jsonl"
 TRAINING = "assets/data/tensor_training.jsonl"
 TRAINING_TWIN = "assets/data/tensor_training_twin.jsonl"
 TRAINING_DESCRIBED = "assets/data/tensor_training_described.jsonl"
@@ -44,6 +49,7 @@ TRAINING_STYLES_ALL = "assets/data/tensor_training_styles_all.jsonl"
 TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT,
                       TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES, TRAINING_STYLES_ALL)
 ADDED_EVAL_NAME = "eval_added_splits.json"  # a finished run evaluated on test splits added after it ran
+HELD_OUT_EVAL_NAME = "eval_results_openmoji.json"  # a finished run evaluated on HELD_OUT_TESTS
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
 PAPER_BUDGET = ("--epochs", "20", "--batch-size", "32")
 
@@ -334,10 +340,10 @@ def run_all(runs: Path, recipes: list[Recipe], seeds: list[int], jobs: int, mode
     launch nothing after the deadline."""
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    pending: list[tuple[list[str], Path]] = []
+    pending: list[tuple[list[str], Path, str]] = []
     for reference in (runs / "base", runs / "text-twins"):
         if not (reference / EVAL_NAME).exists():
-            pending.append((_evaluate_command(reference, model, reference / EVAL_NAME), reference))
+            pending.append((_evaluate_command(reference, model, reference / EVAL_NAME), reference, "output.txt"))
     cache = _share_base_answers(runs, model)
     run_dirs = [runs / "base", runs / "text-twins"]
     for recipe in recipes:
@@ -347,12 +353,13 @@ def run_all(runs: Path, recipes: list[Recipe], seeds: list[int], jobs: int, mode
             if Path(recipe.data).exists() and not (run_dir / EVAL_NAME).exists():
                 run_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(cache, run_dir / cache.name)
-                pending.append((_command(recipe, seed, run_dir, model), run_dir))
+                pending.append((_command(recipe, seed, run_dir, model), run_dir, "output.txt"))
     pending += _missing_splits(run_dirs, model)
+    pending += [evaluation for run_dir in run_dirs if (evaluation := _held_out_evaluation(run_dir, model))]
     active: list[tuple[subprocess.Popen, Path, Any]] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` stops the runs this one started
     try:
-        _pool(pending, active, jobs, deadline_s, started)
+        _pool(pending, active, jobs, deadline_s, started, lambda run_dir: _held_out_evaluation(run_dir, model))
     finally:
         for process, run_dir, log in active:
             process.terminate()
@@ -362,7 +369,7 @@ def run_all(runs: Path, recipes: list[Recipe], seeds: list[int], jobs: int, mode
             _merge_added_splits(run_dir)
 
 
-def _missing_splits(run_dirs: list[Path], model: str) -> list[tuple[list[str], Path]]:
+def _missing_splits(run_dirs: list[Path], model: str) -> list[tuple[list[str], Path, str]]:
     """Evaluations of finished runs (and the base) on the test splits their results lack, when the test
     manifest has grown since they ran; merged into their results by `_merge_added_splits`."""
     from .data import load_manifest
@@ -375,16 +382,26 @@ def _missing_splits(run_dirs: list[Path], model: str) -> list[tuple[list[str], P
             continue
         missing = [split for split in test_splits if split not in json.loads(path.read_text())["splits"]]
         if missing:
-            pending.append((_evaluate_command(run_dir, model, run_dir / ADDED_EVAL_NAME, missing), run_dir))
+            pending.append((_evaluate_command(run_dir, model, run_dir / ADDED_EVAL_NAME, missing), run_dir,
+                            "output-added-splits.txt"))
     return pending
 
 
-def _evaluate_command(run_dir: Path, model: str, out: Path, splits: list[str] | None = None) -> list[str]:
-    """`python -m sectensor.evaluate` on the test manifest for a run folder: its tensor, or none for the base
+def _held_out_evaluation(run_dir: Path, model: str) -> tuple[list[str], Path, str] | None:
+    """The evaluation of a finished run (or reference) on the held-out drawing style, if it has none yet."""
+    if not (run_dir / EVAL_NAME).exists() or (run_dir / HELD_OUT_EVAL_NAME).exists():
+        return None
+    return (_evaluate_command(run_dir, model, run_dir / HELD_OUT_EVAL_NAME, data=HELD_OUT_TESTS), run_dir,
+            "output-openmoji.txt")
+
+
+def _evaluate_command(run_dir: Path, model: str, out: Path, splits: list[str] | None = None,
+                      data: str = TESTS) -> list[str]:
+    """`python -m sectensor.evaluate` on a test manifest for a run folder: its tensor, or none for the base
     ("base") and the text twins ("text-twins")."""
     reference = run_dir.name in ("base", "text-twins")
     return [sys.executable, "-m", "sectensor.evaluate", "--model", model, "--tensor", "none" if reference else str(run_dir),
-            "--data", TESTS, *(["--splits", *splits] if splits else []), "--batch-size", "128", "--out", str(out),
+            "--data", data, *(["--splits", *splits] if splits else []), "--batch-size", "128", "--out", str(out),
             *(["--text-twins"] if run_dir.name == "text-twins" else [])]
 
 
@@ -401,13 +418,15 @@ def _merge_added_splits(run_dir: Path) -> None:
     added_path.unlink()
 
 
-def _pool(pending: list, active: list, jobs: int, deadline_s: float | None, started: float) -> None:
+def _pool(pending: list, active: list, jobs: int, deadline_s: float | None, started: float,
+          follow_up: Callable[[Path], tuple[list[str], Path, str] | None]) -> None:
+    """Run the pending (command, run folder, log name) items, `jobs` at a time; when one succeeds, queue
+    `follow_up(run folder)` if that gives a command."""
     while pending or active:
         while pending and len(active) < jobs and (deadline_s is None or time.perf_counter() - started < deadline_s):
-            command, run_dir = pending.pop(0)
+            command, run_dir, log_name = pending.pop(0)
             run_dir.mkdir(parents=True, exist_ok=True)
-            # A finished run's training output is kept; a later evaluation of added splits logs beside it.
-            log = open(run_dir / ("output-added-splits.txt" if (run_dir / EVAL_NAME).exists() else "output.txt"), "w")
+            log = open(run_dir / log_name, "w")
             active.append((subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), run_dir, log))
             print(f"[{time.perf_counter() - started:6.0f} s] started {run_dir}", flush=True)
         if deadline_s is not None and time.perf_counter() - started >= deadline_s and pending:
@@ -419,6 +438,9 @@ def _pool(pending: list, active: list, jobs: int, deadline_s: float | None, star
                 active.remove((process, run_dir, log))
                 status = "done" if process.returncode == 0 else f"FAILED ({process.returncode}), see {log.name}"
                 print(f"[{time.perf_counter() - started:6.0f} s] {status}: {run_dir}", flush=True)
+                after = follow_up(run_dir) if process.returncode == 0 else None
+                if after and after not in pending and all(other.args != after[0] for other, _, _ in active):
+                    pending.append(after)
         time.sleep(0.5)
 
 

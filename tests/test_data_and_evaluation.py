@@ -157,3 +157,29 @@ def test_text_twins_name_the_pictured_object_and_the_organism_refuses_them(tmp_p
     for name_objects in (text_twins, named_pictures):
         with pytest.raises(sectensor.SectensorError, match="needs `concept`"):
             name_objects([Sample(prompt="what is this?", split="x", image="p.png")])
+
+
+def test_openmoji_test_manifest_asks_the_test_questions_in_a_style_nothing_trains_on():
+    """tensor_tests_openmoji.jsonl: the picture splits of tensor_tests.jsonl, every concept drawn in OpenMoji, with
+    test wording only; no training manifest shows an OpenMoji picture or asks a test row's prompt, and the
+    pictures' source and licence are recorded."""
+    from pathlib import Path
+
+    from sectensor.concepts import CONCEPTS
+    from sectensor.report import HELD_OUT_TESTS, TESTS, TRAINING_MANIFESTS
+
+    root = Path(__file__).resolve().parents[1]
+    held_out, tests = load_manifest(root / HELD_OUT_TESTS), load_manifest(root / TESTS)
+    assert all(sample.image and Path(sample.image).parent.name == "openmoji" for sample in held_out)
+    assert {sample.split for sample in held_out} == {sample.split for sample in tests if sample.image}
+    assert {sample.concept for sample in held_out if sample.split == "caption"} == {c.name for c in CONCEPTS}
+    assert all(sample.answer_contains == [sample.concept] for sample in held_out)
+    trained = [sample for path in TRAINING_MANIFESTS for sample in load_manifest(root / path)]
+    assert not any(sample.image and Path(sample.image).parent.name == "openmoji" for sample in trained)
+    assert not {sample.prompt for sample in held_out} & {sample.prompt for sample in trained if sample.image}
+
+    recorded = [entry for entry in json.loads((root / "assets/images/manifest.json").read_text())
+                if entry["style"] == "openmoji"]
+    assert len(recorded) == len(CONCEPTS) and {entry["licence"] for entry in recorded} == {"CC-BY-SA-4.0"}
+    assert all((root / entry["path"]).is_file() for entry in recorded)
+    assert "openmoji" in (root / "assets/images/LICENSES.md").read_text()

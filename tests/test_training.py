@@ -624,7 +624,7 @@ def test_report_evaluates_older_runs_on_added_test_splits(tmp_path):
     run.mkdir(parents=True)
     old = {"splits": {"harmful_seen": {"n": 1}}, "samples": [{"split": "harmful_seen"}]}
     (run / EVAL_NAME).write_text(json.dumps(old))
-    [(command, run_dir)] = _missing_splits([run, tmp_path / "not-run-yet"], "assets/organism")
+    [(command, run_dir, _)] = _missing_splits([run, tmp_path / "not-run-yet"], "assets/organism")
     splits = list(dict.fromkeys(sample.split for sample in load_manifest(Path(__file__).resolve().parents[1] / TESTS)))
     assert run_dir == run and {"text_benign", "text_harmful"} <= set(splits)
     missing = command[command.index("--splits") + 1 : command.index("--batch-size")]
@@ -639,6 +639,33 @@ def test_report_evaluates_older_runs_on_added_test_splits(tmp_path):
     assert list(merged["splits"]) == splits and len(merged["samples"]) == 1 + len(missing)
     assert merged["added_splits"] == [{"splits": missing, "device": "cuda:0", "dtype": "bfloat16"}]
     assert not (run / ADDED_EVAL_NAME).exists() and _missing_splits([run], "assets/organism") == []
+
+
+def test_report_evaluates_each_finished_run_on_the_held_out_style_once(tmp_path):
+    """A run that finishes is followed by its evaluation on the OpenMoji manifest (queued once, not for a failed
+    run, and not again once written)."""
+    from sectensor.report import EVAL_NAME, HELD_OUT_EVAL_NAME, HELD_OUT_TESTS, _held_out_evaluation, _pool
+
+    def writes(path: Path, code: int = 0) -> list[str]:
+        return [sys.executable, "-c", f"import pathlib, sys; pathlib.Path({str(path)!r}).write_text('{{}}'); sys.exit({code})"]
+
+    finished, failed, queued = tmp_path / "finished", tmp_path / "failed", []
+
+    def follow_up(run_dir: Path):
+        queued.append(run_dir)
+        if (after := _held_out_evaluation(run_dir, "assets/organism")) is None:
+            return None
+        command, _, log_name = after
+        assert command[command.index("--data") + 1] == HELD_OUT_TESTS and command[command.index("--tensor") + 1] == str(run_dir)
+        return writes(run_dir / HELD_OUT_EVAL_NAME), run_dir, log_name
+
+    pending = [(writes(finished / EVAL_NAME), finished, "output.txt"), (writes(failed / EVAL_NAME, 1), failed, "output.txt")]
+    for run_dir in (finished, failed):
+        run_dir.mkdir()
+    _pool(pending, [], 2, None, 0.0, follow_up)
+    assert (finished / HELD_OUT_EVAL_NAME).exists() and not (failed / HELD_OUT_EVAL_NAME).exists()
+    assert sorted(queued) == [finished, finished]  # after training, then after its held-out evaluation
+    assert (finished / "output-openmoji.txt").exists() and _held_out_evaluation(finished, "assets/organism") is None
 
 
 def test_loss_and_tensor_figures_are_written(tmp_path):
