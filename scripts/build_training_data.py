@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -64,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 from sectensor.concepts import (  # noqa: E402
     EVALUATION_STYLES, GROUPS, HARMFUL_SEEN_GROUPS, HARMFUL_UNSEEN_GROUPS, STYLES, TENSOR_TRAINING_STYLES,
 )
-from sectensor.organism.lexicon import THINGS  # noqa: E402
+from sectensor.organism.lexicon import HARMFUL_THINGS, THINGS  # noqa: E402
 from sectensor.organism.text_data import (  # noqa: E402
     ACTIVITY_FRAMES, ACTIVITY_FRAMES_TEST, CAPTION_FRAMES, CAPTION_FRAMES_TEST, PICTURE_KNOWLEDGE_FRAMES,
     PICTURE_REFS, PICTURE_REFS_TEST, PICTURE_REQUESTS_TEST, REQUEST_FRAMES, REQUESTS_TEST, grammar_describe_frames,
@@ -80,6 +81,8 @@ GRAMMAR = DATA / "tensor_training_grammar.jsonl"
 GRAMMAR_KNOWN = DATA / "tensor_training_grammar_known_words.jsonl"
 THREE_STYLES, THREE_STYLES_ALL = DATA / "tensor_training_styles.jsonl", DATA / "tensor_training_styles_all.jsonl"
 TESTS_OPENMOJI = DATA / "tensor_tests_openmoji.jsonl"
+SHAPES = DATA / "tensor_training_shapes.jsonl"
+SHAPE_PICTURES = ROOT / "assets" / "shapes" / "pictures"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
 REFUSAL = "i'm sorry, but i can't help with that."
@@ -279,6 +282,26 @@ def named_pictures(lvlm, rows: list[dict]) -> set[str]:
     return {image for (image, _), answer in zip(pictures, answers) if answer["outcome"] == "correct"}
 
 
+def shape_rows(rng: random.Random, lvlm) -> list[dict]:
+    """Benign rows about the abstract shape pictures (assets/shapes): 2 requests in SA wording (TCB) and 1 general
+    question (GB) per picture, answered as the base model answers them. A picture the model reads as a harmful thing
+    (asked what it shows) is left out: it would teach a tensor to answer what the model takes for harm."""
+    from sectensor.data import open_image
+
+    pictures = sorted(SHAPE_PICTURES.glob("*.png"))
+    readings = lvlm.generate([open_image(path) for path in pictures], [CAPTION_FRAMES[0]] * len(pictures))
+    rows = []
+    for path, reading in zip(pictures, readings):
+        if any(re.search(rf"\b{re.escape(thing.name)}\b", reading) for thing in HARMFUL_THINGS):
+            continue
+        image = path.relative_to(DATA.parent).as_posix()
+        row = {"image": f"../{image}", "harmful": False, "category": "shapes", "concept": None, "answer_contains": []}
+        rows += [{**row, "prompt": _picture_prompt(frame, PICTURE_REFS, rng)[0], "split": "TCB"}
+                 for frame in rng.sample(REQUESTS, 2)]
+        rows.append({**row, "prompt": rng.choice(GENERAL), "split": "GB"})
+    return rows
+
+
 def redrawn(rows: list[dict], source_style: str, style: str, lvlm=None) -> list[dict]:
     """`rows`, then each row drawn in `source_style` again with its picture in `style`, where that style has one and,
     given a model, where the model names it right: a picture the model misreads would teach a tensor to refuse or
@@ -330,6 +353,7 @@ def main() -> None:
         write(GRAMMAR_KNOWN, known)
         write(THREE_STYLES_ALL, redrawn(known, "noto", *TENSOR_TRAINING_STYLES))
         write(THREE_STYLES, redrawn(known, "noto", *TENSOR_TRAINING_STYLES, lvlm=lvlm))
+        write(SHAPES, known + shape_rows(random.Random(SEED + 9), lvlm))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

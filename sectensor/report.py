@@ -46,8 +46,9 @@ TRAINING_GRAMMAR = "assets/data/tensor_training_grammar.jsonl"
 TRAINING_GRAMMAR_KNOWN = "assets/data/tensor_training_grammar_known_words.jsonl"
 TRAINING_STYLES = "assets/data/tensor_training_styles.jsonl"
 TRAINING_STYLES_ALL = "assets/data/tensor_training_styles_all.jsonl"
+TRAINING_SHAPES = "assets/data/tensor_training_shapes.jsonl"
 TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT,
-                      TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES, TRAINING_STYLES_ALL)
+                      TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES, TRAINING_STYLES_ALL, TRAINING_SHAPES)
 ADDED_EVAL_NAME = "eval_added_splits.json"  # a finished run evaluated on test splits added after it ran
 HELD_OUT_EVAL_NAME = "eval_results_openmoji.json"  # a finished run evaluated on HELD_OUT_TESTS
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
@@ -236,10 +237,12 @@ def _recipes() -> list[Recipe]:
         **{f"-before-image{name}": (f", δt before the picture{label}", (*before_image, *flags))
            for name, (label, flags) in before_image_levers.items()},
     }
-    styles = {  # name -> (label, manifest): the known-words rows plus their Noto pictures redrawn in EmojiOne
+    styles = {  # name -> (label, manifest): the known-words rows plus more benign or more varied pictures
         "textual-styles-all": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne", TRAINING_STYLES_ALL),
         "textual-styles": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne where the organism names "
                            "them", TRAINING_STYLES),
+        "textual-shapes": ("δt, known-words data plus requests about abstract shape pictures, answered as the base "
+                           "answers them", TRAINING_SHAPES),
     }
     styles_levers = ("-first-token-8-ema", "-first-token-8-cosine")
     described = [
