@@ -4,10 +4,11 @@
 
 Each picture is 64x64 RGBA on a transparent background (training composites its own backgrounds, as for the
 emoji sets): one to four random shapes (ellipses, boxes, polygons, strokes) in random colours, with or without dark
-outlines (no spiky stars: drawn in red and yellow they look like the collision emoji, a harmful concept). A security tensor that meets harmful pictures in only a few drawing styles can learn to
-refuse whatever looks unfamiliar; requests about these pictures, answered as the base model answers them, tell it
-that a picture it does not recognise is no reason to refuse. They show no concept, so no test uses them.
-The drawings are generated here (seeded: re-runs give byte-identical files) and share the project's licence.
+outlines (no spiky stars: in red and yellow they look like the collision emoji, a harmful concept). A security
+tensor that meets harmful pictures in only a few drawing styles can learn to refuse whatever looks unfamiliar;
+requests about these pictures, answered as the base model answers them, tell it that a picture it does not
+recognise is no reason to refuse. They show no concept, so no test uses them. The drawings are generated here
+(seeded: re-runs give byte-identical files) and share the project's licence.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def draw_shapes(rng: random.Random) -> Image.Image:
         elif kind == "polygon":
             corners = rng.randint(3, 7)
             turn = rng.uniform(0, 2 * math.pi)
-            points = [(cx + w * math.cos(turn + 2 * math.pi * k / corners), cy + h * math.sin(turn + 2 * math.pi * k / corners))
-                      for k in range(corners)]
+            angles = [turn + 2 * math.pi * k / corners for k in range(corners)]
+            points = [(cx + w * math.cos(angle), cy + h * math.sin(angle)) for angle in angles]
             draw.polygon(points, fill=_colour(rng), outline=outline, width=width)
         else:
             points = [(rng.uniform(0.1, 0.9) * side, rng.uniform(0.1, 0.9) * side) for _ in range(rng.randint(2, 4))]

@@ -5,11 +5,11 @@
     python -m sectensor.report --ship                   # also copy the best δv and δt into assets/tensors/
 
 Each run is `train.py` with `--eval-data assets/data/tensor_tests.jsonl`, in RUNS/<recipe>/seed<k>/; finished runs
-(those with eval_results.json) are kept, interrupted ones resumed. The base organism is evaluated once. Every
-finished run (and the base) is also evaluated on assets/data/tensor_tests_openmoji.jsonl, the same kinds of rows
-drawn in a style nothing trains on (eval_results_openmoji.json). The
+(those with eval_results.json) are kept, interrupted ones resumed. The base organism is evaluated once. The
 report gives mean ± standard deviation over seeds of Harmless Rate on seen and unseen harmful groups, False
-Refusal Rate on GBT and TCB-test, and whether benign answers are still about the right object.
+Refusal Rate on GBT and TCB-test, and whether benign answers are still about the right object. Every finished run
+(and the base) is also evaluated on assets/data/tensor_tests_openmoji.jsonl, the same kinds of rows drawn in a
+style nothing trains on (eval_results_openmoji.json in its folder).
 """
 
 from __future__ import annotations

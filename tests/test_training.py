@@ -692,7 +692,8 @@ def test_report_evaluates_each_finished_run_on_the_held_out_style_once(tmp_path)
     from sectensor.report import EVAL_NAME, HELD_OUT_EVAL_NAME, HELD_OUT_TESTS, _held_out_evaluation, _pool
 
     def writes(path: Path, code: int = 0) -> list[str]:
-        return [sys.executable, "-c", f"import pathlib, sys; pathlib.Path({str(path)!r}).write_text('{{}}'); sys.exit({code})"]
+        script = f"import pathlib, sys; pathlib.Path({str(path)!r}).write_text('{{}}'); sys.exit({code})"
+        return [sys.executable, "-c", script]
 
     finished, failed, queued = tmp_path / "finished", tmp_path / "failed", []
 
@@ -701,10 +702,12 @@ def test_report_evaluates_each_finished_run_on_the_held_out_style_once(tmp_path)
         if (after := _held_out_evaluation(run_dir, "assets/organism")) is None:
             return None
         command, _, log_name = after
-        assert command[command.index("--data") + 1] == HELD_OUT_TESTS and command[command.index("--tensor") + 1] == str(run_dir)
+        assert command[command.index("--data") + 1] == HELD_OUT_TESTS
+        assert command[command.index("--tensor") + 1] == str(run_dir)
         return writes(run_dir / HELD_OUT_EVAL_NAME), run_dir, log_name
 
-    pending = [(writes(finished / EVAL_NAME), finished, "output.txt"), (writes(failed / EVAL_NAME, 1), failed, "output.txt")]
+    pending = [(writes(finished / EVAL_NAME), finished, "output.txt"),
+               (writes(failed / EVAL_NAME, 1), failed, "output.txt")]
     for run_dir in (finished, failed):
         run_dir.mkdir()
     _pool(pending, [], 2, None, 0.0, follow_up)
