@@ -27,11 +27,13 @@ _TRAINING_LABELS = {
 }
 
 
-def tensor_card(tensor: "SecurityTensor", evaluation: dict[str, Any] | None = None) -> str:
+def tensor_card(tensor: "SecurityTensor", evaluation: dict[str, Any] | None = None,
+                held_out: dict[str, Any] | None = None) -> str:
     """README.md for a saved tensor: Hub metadata, what it is, how to use it, how it was trained, its limits.
 
     `evaluation` is the JSON that `sectensor.evaluate` writes; when given, its per-split HR, FRR and accuracy
-    go into the metadata's `model-index` and into a table in the body.
+    go into the metadata's `model-index` and into a table in the body. `held_out`, the same JSON for pictures
+    drawn in a style that neither the model nor the tensor trained on, gets a table of its own in the body.
     """
     from huggingface_hub import ModelCardData
 
@@ -71,7 +73,7 @@ answers = lvlm.generate([image], ["What should I do with this?"], tensor=tensor)
 ## Training
 
 {_training_section(tensor.training_info)}
-{_results_section(splits)}
+{_results_section(splits)}{_held_out_section(held_out)}
 ## Limits
 
 - It works only with `{base}`: sectensor refuses to apply it to another model (the tensor stores the base
@@ -116,14 +118,27 @@ def _training_section(info: dict[str, Any]) -> str:
 
 
 def _results_section(splits: dict[str, dict[str, Any]]) -> str:
+    return "\n".join(["", "## Measured results", "", *_results_table(splits)]) + "\n" if splits else ""
+
+
+def _held_out_section(held_out: dict[str, Any] | None) -> str:
+    splits = (held_out or {}).get("splits")
     if not splits:
         return ""
+    data = Path(held_out["data"]).name if held_out.get("data") else "a held-out manifest"
+    return "\n".join([
+        "", "## Measured in a drawing style nothing trained on", "",
+        f"The same kinds of requests (`{data}`) with the pictures drawn in a style that neither the base model nor",
+        "this tensor trained on. Accuracy is low where the base model misreads such pictures; refusals there show",
+        "what the tensor does with pictures the model cannot read.", "", *_results_table(splits),
+    ]) + "\n"
 
+
+def _results_table(splits: dict[str, dict[str, Any]]) -> list[str]:
     def percent(value):
         return "–" if value is None else f"{100 * value:.1f}"
 
     lines = [
-        "", "## Measured results", "",
         "| split | n | HR % | FRR % | accuracy % | refused / correct / wrong object / other |",
         "|---|---|---|---|---|---|",
     ]
@@ -134,4 +149,4 @@ def _results_section(splits: dict[str, dict[str, Any]]) -> str:
             f"| {split} | {metrics.get('n', '–')} | {percent(metrics.get('harmless_rate'))} | "
             f"{percent(metrics.get('false_refusal_rate'))} | {percent(metrics.get('accuracy'))} | {counts} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines

@@ -755,7 +755,13 @@ def ship(chosen: dict[str, tuple[Path, float]]) -> None:
         tensor = SecurityTensor.from_pretrained(run_dir)
         evaluation = json.loads((run_dir / EVAL_NAME).read_text())
         evaluation = {"data": TESTS, "splits": evaluation["splits"]}  # per-answer records stay in the run folder
-        card = tensor_card(tensor, evaluation) + (
+        held_out = None
+        (target / HELD_OUT_EVAL_NAME).unlink(missing_ok=True)
+        if (run_dir / HELD_OUT_EVAL_NAME).exists():
+            held_out_splits = json.loads((run_dir / HELD_OUT_EVAL_NAME).read_text())["splits"]
+            held_out = {"data": HELD_OUT_TESTS, "splits": held_out_splits}
+            (target / HELD_OUT_EVAL_NAME).write_text(json.dumps(held_out, indent=2) + "\n")
+        card = tensor_card(tensor, evaluation, held_out) + (
             f"\nChosen among the runs of `python -m sectensor.report` ({run_dir.parent.name}, {run_dir.name}); "
             "docs/results.md has every recipe over several seeds.\n")
         tensor.save_pretrained(target, card=card)

@@ -276,6 +276,19 @@ def test_card_is_valid_hub_metadata_with_measured_results(tiny_llava):
     assert "## Limits" in card.text and "| unseen_harmful | 40 | 35.0 | – | 50.0 | 14 / 20 / 4 / 2 |" in card.text
 
 
+def test_card_shows_the_held_out_style_apart_from_the_metadata(tiny_llava):
+    tensor = VisualSecurityTensor.zeros(tiny_llava)
+    held_out = {"data": "/home/someone/private/tests_openmoji.jsonl", "splits": {
+        "gbt": {"n": 10, "refusal_rate": 0.2, "false_refusal_rate": 0.2, "accuracy": 0.3,
+                "outcomes": {"refused": 2, "correct": 3, "wrong_object": 5, "other": 0}}}}
+    card = ModelCard(tensor_card(tensor, EVALUATION, held_out))
+    section = card.text.split("## Measured in a drawing style nothing trained on")[1].split("## Limits")[0]
+    assert "`tests_openmoji.jsonl`" in section and "/home/someone" not in card.content
+    assert "| gbt | 10 | – | 20.0 | 30.0 | 2 / 3 / 5 / 0 |" in section and "unseen_harmful" not in section
+    assert {result.dataset_split for result in card.data.eval_results} == {"unseen_harmful", "benign_general"}
+    assert "drawing style nothing trained on" not in tensor_card(tensor, EVALUATION)
+
+
 def test_card_without_evaluation_and_for_a_local_base_model(tiny_llava, tmp_path):
     tensor = TextualSecurityTensor.zeros(tiny_llava, num_tokens=3)
     tensor.save_pretrained(tmp_path)  # the default card

@@ -716,6 +716,32 @@ def test_report_evaluates_each_finished_run_on_the_held_out_style_once(tmp_path)
     assert (finished / "output-openmoji.txt").exists() and _held_out_evaluation(finished, "assets/organism") is None
 
 
+def test_shipping_writes_the_held_out_style_into_the_card_and_drops_a_stale_one(tiny_llava, tmp_path, monkeypatch):
+    from sectensor import report
+
+    splits = {"gbt": {"n": 4, "false_refusal_rate": 0.25, "accuracy": 0.5,
+                      "outcomes": {"refused": 1, "correct": 2, "wrong_object": 1, "other": 0}}}
+    runs = {}
+    for name, held_out in (("with", True), ("without", False)):
+        run_dir = tmp_path / "recipe" / name
+        VisualSecurityTensor.zeros(tiny_llava).save_pretrained(run_dir)
+        (run_dir / report.EVAL_NAME).write_text(json.dumps({"splits": splits, "samples": [{"split": "gbt"}]}))
+        if held_out:
+            (run_dir / report.HELD_OUT_EVAL_NAME).write_text(json.dumps({"splits": splits, "samples": []}))
+        runs[name] = run_dir
+    target = tmp_path / "shipped"
+    monkeypatch.setattr(report, "SHIPPED", {"visual": target})
+
+    report.ship({"visual": (runs["with"], 1.0)})
+    assert json.loads((target / report.HELD_OUT_EVAL_NAME).read_text()) == {"data": report.HELD_OUT_TESTS,
+                                                                            "splits": splits}
+    card = (target / "README.md").read_text()
+    assert "## Measured in a drawing style nothing trained on" in card and "tensor_tests_openmoji.jsonl" in card
+    report.ship({"visual": (runs["without"], 1.0)})
+    assert not (target / report.HELD_OUT_EVAL_NAME).exists()
+    assert "drawing style nothing trained on" not in (target / "README.md").read_text()
+
+
 def test_loss_and_tensor_figures_are_written(tmp_path):
     from sectensor.plots import plot_losses, plot_visual_tensor
 
