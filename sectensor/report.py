@@ -237,14 +237,15 @@ def _recipes() -> list[Recipe]:
         **{f"-before-image{name}": (f", δt before the picture{label}", (*before_image, *flags))
            for name, (label, flags) in before_image_levers.items()},
     }
-    styles = {  # name -> (label, manifest): the known-words rows plus more benign or more varied pictures
-        "textual-styles-all": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne", TRAINING_STYLES_ALL),
-        "textual-styles": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne where the organism names "
-                           "them", TRAINING_STYLES),
-        "textual-shapes": ("δt, known-words data plus requests about abstract shape pictures, answered as the base "
-                           "answers them", TRAINING_SHAPES),
-    }
     styles_levers = ("-first-token-8-ema", "-first-token-8-cosine")
+    styles = {  # name -> (label, manifest, levers that ran): the known-words rows plus more varied or benign pictures
+        "textual-styles-all": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne", TRAINING_STYLES_ALL,
+                               styles_levers),
+        "textual-styles": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne where the organism names "
+                           "them", TRAINING_STYLES, styles_levers),
+        "textual-shapes": ("δt, known-words data plus requests about abstract shape pictures, answered as the base "
+                           "answers them", TRAINING_SHAPES, ("-first-token-8-ema",)),
+    }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
         Recipe("textual-described-fp32", "textual", "δt, paper recipe on the described data, float32 weights",
@@ -281,7 +282,7 @@ def _recipes() -> list[Recipe]:
         *[Recipe(f"{prefix}-before-image{name}", "textual",
                  f"{label}, lr 32e-4, KL on benign rows, δt before the picture{before_image_levers[name][0]}", data,
                  _override(text_rows_kl_lr32, (*before_image, *before_image_levers[name][1])))
-          for prefix, (label, data) in styles.items() for name in styles_levers],
+          for prefix, (label, data, levers) in styles.items() for name in levers],
         Recipe("visual-strong-grammar-known-words", "visual",
                "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2, on the text-rows data plus grammar wording "
                "the organism knows", TRAINING_GRAMMAR_KNOWN, visual_strong),
