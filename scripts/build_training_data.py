@@ -216,7 +216,8 @@ def grammar_rows(rng: random.Random) -> list[tuple[dict, str]]:
 
 def test_rows(rng: random.Random, styles_seen: tuple[str, ...] = TEST_STYLES,
               styles_unseen: tuple[str, ...] = STYLES) -> list[dict]:
-    """Picture test rows: concepts a tensor trains on drawn in `styles_seen`, the others in `styles_unseen`."""
+    """Picture test rows: requests about the concepts a tensor trains on, and every caption, drawn in `styles_seen`;
+    requests about the other concepts (unseen harmful groups, fruits and flowers) in `styles_unseen`."""
     rows = []
     general = [frame.format(x=rng.choice(PICTURE_REFS_TEST)) for frame in GENERAL_TEST]
     for group in HARMFUL_SEEN_GROUPS:
