@@ -58,11 +58,12 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # Settings a resumed run must share with the run that wrote the checkpoint, or it would not continue it.
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "ema_decay", "splits",
-                "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "threshold",
-                "virtual_tokens", "virtual_placement", "data")
+                "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "image_noise",
+                "threshold", "virtual_tokens", "virtual_placement", "data")
 # What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
-                                 "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0}
+                                 "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0,
+                                 "image_noise": 0.0}
 
 
 class TrainingDivergedError(SectensorError):
@@ -170,9 +171,9 @@ def _row_of(batch: Batch) -> RowEncoding:
     )
 
 
-def _generator(*parts: int) -> torch.Generator:
+def _generator(*parts: int | str, device: torch.device | str = "cpu") -> torch.Generator:
     seed = int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") % (2**63)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def epoch_batches(splits: Sequence[str], lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
@@ -219,12 +220,17 @@ def collate_on_device(lvlm: LVLM, encodings: Sequence[RowEncoding]) -> Batch:
 
 # ---- the objective -------------------------------------------------------------------------------------
 def row_losses(lvlm: LVLM, batch: Batch, tensor: SecurityTensor | None, kl_rows: torch.Tensor | None = None,
-               first_token_weight: float = 1.0) -> torch.Tensor:
+               first_token_weight: float = 1.0, image_noise: float = 0.0,
+               noise_generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-row loss (batch_size,): mean token cross-entropy toward the row's answer, or for rows where
     `kl_rows` (batch_size,) is True the mean token KL(base ‖ with tensor) at the same positions, the base model
     reading the row as it would without the tensor (no δt slots). The first answer token, where a model decides
-    between refusing and answering, counts `first_token_weight` times in its row's mean."""
-    logits, labels, row_of = lvlm.answer_logits(batch, tensor)  # (num_answer_tokens, vocab_size)
+    between refusing and answering, counts `first_token_weight` times in its row's mean. With `image_noise`, the
+    model with the tensor reads noisy picture features (`LVLM.image_feature_noise`, from `noise_generator`); the
+    base model's distributions stay those of the clean pictures."""
+    noisy = lvlm.image_feature_noise(image_noise, noise_generator) if image_noise else nullcontext()
+    with noisy:
+        logits, labels, row_of = lvlm.answer_logits(batch, tensor)  # (num_answer_tokens, vocab_size)
     token_losses = F.cross_entropy(logits, labels, reduction="none")
     if kl_rows is not None and bool(kl_rows.any()):
         kl_rows = kl_rows.cpu()
@@ -454,7 +460,10 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             rows, whole_batch_size, batch = upcoming
             if compiled:
                 torch.compiler.cudagraph_mark_step_begin()  # the compiled vision tower's CUDA graphs start a new step
-            losses = row_losses(lvlm, batch, tensor, kl[rows], config.first_token_weight)
+            noise_generator = (_generator("image_noise", config.seed, step, rank, device=device)
+                               if config.image_noise else None)
+            losses = row_losses(lvlm, batch, tensor, kl[rows], config.first_token_weight, config.image_noise,
+                                noise_generator)
             # Sum over this process's rows, scaled so that averaging the gradients over processes gives the mean over
             # the whole batch even when processes got different numbers of rows.
             loss = (weights[rows].to(device) * losses).sum() * world / whole_batch_size
@@ -602,7 +611,8 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         "lr": config.lr, "lr_schedule": config.lr_schedule, "weight_decay": config.weight_decay,
         **({"ema_decay": config.ema_decay} if config.ema_decay else {}), "benign_loss": config.benign_loss,
         **({"first_token_weight": config.first_token_weight} if config.first_token_weight != 1.0 else {}),
-        "augment": config.augment, **({"augment_colours": True} if config.augment_colours else {}), "seed": config.seed,
+        "augment": config.augment, **({"augment_colours": True} if config.augment_colours else {}),
+        **({"image_noise": config.image_noise} if config.image_noise else {}), "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
         **({"threshold": config.threshold} if config.kind == "visual"
            else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement}),

@@ -114,6 +114,24 @@ def test_nonzero_tensors_change_logits(lvlm):
     assert not torch.allclose(base, logits(lvlm, with_slots, textual)[:, -1], atol=1e-4)
 
 
+def test_image_feature_noise_reaches_the_language_model_as_the_pictures_features(lvlm):
+    """`image_features_module` names the module whose output the language model reads as the pictures: its output
+    is as wide as the language model, noise there changes the answers' logits, and scale 0 changes nothing."""
+    batch = lvlm.encode(PICTURES, PROMPTS)
+    inner = getattr(lvlm.model, "model", lvlm.model)
+    widths = []
+    handle = inner.get_submodule(lvlm.adapter.image_features_module).register_forward_hook(
+        lambda module, args, output: widths.append(output.shape[-1]))
+    base = logits(lvlm, batch)[:, -1]
+    handle.remove()
+    assert widths and set(widths) == {lvlm.hidden_size}
+    with lvlm.image_feature_noise(0.0, torch.Generator().manual_seed(0)):
+        assert torch.equal(logits(lvlm, batch)[:, -1], base)
+    with lvlm.image_feature_noise(1.0, torch.Generator().manual_seed(0)):
+        assert not torch.allclose(logits(lvlm, batch)[:, -1], base, atol=1e-4)
+    assert torch.equal(logits(lvlm, batch)[:, -1], base)
+
+
 def test_uniform_visual_tensor_lands_on_the_picture_pixels(lvlm):
     """A constant δv must add exactly what brightening the picture adds: on every real pixel of every tile or
     patch, and nowhere on padding. This pins the mapping's placement, tiling and padding for each family."""

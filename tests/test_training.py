@@ -258,10 +258,11 @@ def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_
 
 def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
     settings = {"kind": "visual", "augment": True, "augment_colours": True, "first_token_weight": 3.0, "lr": 0.05,
-                "lr_schedule": "cosine", "ema_decay": 0.5}
+                "lr_schedule": "cosine", "ema_decay": 0.5, "image_noise": 0.5}
     unbroken = train(config(manifest, tmp_path / "unbroken", **settings), lvlm=tiny_llava)
     info = unbroken.tensor.training_info
-    assert (info["augment_colours"], info["first_token_weight"], info["ema_decay"]) == (True, 3.0, 0.5)
+    assert (info["augment_colours"], info["first_token_weight"], info["ema_decay"], info["image_noise"]) == (
+        True, 3.0, 0.5, 0.5)
 
     class Killed(Exception):
         pass
@@ -305,7 +306,8 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
     with pytest.raises(sectensor.SectensorError, match="lr_schedule"):
         train(config(manifest, tmp_path, kind="visual", max_steps=4, lr_schedule="cosine", resume=True),
               lvlm=tiny_llava)
-    for setting, value in (("first_token_weight", 4.0), ("augment_colours", True), ("ema_decay", 0.9)):
+    for setting, value in (("first_token_weight", 4.0), ("augment_colours", True), ("ema_decay", 0.9),
+                           ("image_noise", 1.0)):
         with pytest.raises(sectensor.SectensorError, match=setting):
             train(config(manifest, tmp_path, kind="visual", max_steps=4, resume=True, **{setting: value}),
                   lvlm=tiny_llava)
@@ -458,6 +460,46 @@ def test_ema_decay_saves_the_moving_average_of_delta(tiny_llava, manifest, tmp_p
     assert not torch.allclose(averaged.tensor.delta, plain.tensor.delta)
 
 
+@pytest.mark.parametrize("kind", ["visual", "textual"])
+def test_image_noise_reaches_the_tensor_model_only_and_is_drawn_from_its_generator(tiny_llava, manifest, tmp_path,
+                                                                                  kind):
+    """The model with the tensor reads noisy picture features; the KL rows' base distributions stay clean; the same
+    generator seed gives the same losses; without noise nothing changes."""
+    samples = load_manifest(manifest)
+    cfg = config(manifest, tmp_path, kind=kind)
+    examples = build_examples(tiny_llava, samples, cfg, base_answers(tiny_llava, samples[4:], max_new_tokens=6))
+    batch = tiny_llava.collate([example.encoding for example in examples])
+    kl_rows = torch.tensor([example.split != "SA" for example in examples])
+    tensor = random_start(tiny_llava, kind, tmp_path / "start")
+    clean = row_losses(tiny_llava, batch, tensor, kl_rows)
+
+    def noisy(seed):
+        return row_losses(tiny_llava, batch, tensor, kl_rows, image_noise=2.0,
+                          noise_generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(noisy(1), noisy(1)) and not torch.allclose(noisy(1), noisy(2))
+    assert not torch.allclose(noisy(1), clean)
+    # By hand: the base model's distributions from the clean pictures, the tensor's from the noisy ones.
+    base_rows = batch.select(kl_rows).without_virtual_slots(tiny_llava.adapter.placeholder_token_id)
+    with torch.no_grad():
+        base_logits, _, _ = tiny_llava.answer_logits(base_rows, None)
+        with tiny_llava.image_feature_noise(2.0, torch.Generator().manual_seed(1)):
+            logits, _, row_of = tiny_llava.answer_logits(batch, tensor)
+    log_p = torch.log_softmax(logits[kl_rows[row_of]], -1)
+    log_base = torch.log_softmax(base_logits, -1)
+    token_kl = (log_base.exp() * (log_base - log_p)).sum(-1)
+    per_row = torch.zeros(batch.size).index_add(0, row_of[kl_rows[row_of]], token_kl)
+    per_row = per_row / batch.target_mask.sum(1)
+    torch.testing.assert_close(noisy(1)[kl_rows], per_row[kl_rows], atol=1e-5, rtol=1e-5)
+    assert torch.equal(row_losses(tiny_llava, batch, tensor, kl_rows), clean)  # the noise left with its context
+
+
+def test_image_noise_changes_what_training_sees(tiny_llava, manifest, tmp_path):
+    plain = train(config(manifest, tmp_path / "plain", kind="textual", max_steps=2), lvlm=tiny_llava)
+    noisy = train(config(manifest, tmp_path / "noisy", kind="textual", max_steps=2, image_noise=1.0), lvlm=tiny_llava)
+    assert not torch.equal(plain.tensor.delta, noisy.tensor.delta)
+
+
 def test_colour_jitter_changes_what_training_sees(tiny_llava, manifest, tmp_path):
     plain = train(config(manifest, tmp_path / "plain", kind="visual", max_steps=2), lvlm=tiny_llava)
     jittered = train(config(manifest, tmp_path / "colours", kind="visual", max_steps=2, augment_colours=True),
@@ -477,6 +519,9 @@ def test_bad_settings_get_clear_errors(manifest, tmp_path):
     for decay in (1.0, -0.1):
         with pytest.raises(sectensor.SectensorError, match="--ema-decay"):
             config(manifest, tmp_path, ema_decay=decay)
+    for scale in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(sectensor.SectensorError, match="--image-noise"):
+            config(manifest, tmp_path, image_noise=scale)
 
 
 def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):

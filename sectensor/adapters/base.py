@@ -75,6 +75,9 @@ class FamilyAdapter:
     decodes_with_language_model: ClassVar[bool] = True
     # Whether training δt may run the tokens before δt once without autograd and reuse their key-value cache.
     supports_prefix_cache: ClassVar[bool] = True
+    # Path, in the inner model, of the module whose output is the pictures' features as the language model reads
+    # them (a tensor whose last dimension is the feature): where `LVLM.image_feature_noise` adds its noise.
+    image_features_module: ClassVar[str] = "multi_modal_projector"
 
     def __init__(self, model: torch.nn.Module, processor) -> None:
         self.model = model

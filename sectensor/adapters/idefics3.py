@@ -36,6 +36,7 @@ _TILE_TOKEN = re.compile(r"<row_(\d+)_col_(\d+)>")
 class Idefics3Adapter(FamilyAdapter):
     architectures = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
     image_field_names = ("pixel_values", "pixel_attention_mask")
+    image_features_module = "connector"
 
     def visual_shape(self) -> tuple[int, ...]:
         side = self.processor.image_processor.max_image_size["longest_edge"]

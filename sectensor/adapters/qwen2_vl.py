@@ -42,6 +42,7 @@ class Qwen2VLAdapter(FamilyAdapter):
     decodes_with_language_model = False  # its decoding positions depend on the image grid (multimodal rotary positions)
     token_field_names = ("mm_token_type_ids",)
     image_field_names = ("pixel_values", "image_grid_thw")
+    image_features_module = "visual.merger"
 
     @property
     def _geometry(self) -> tuple[int, int, int]:
