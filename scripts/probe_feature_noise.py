@@ -4,7 +4,7 @@
 
 Two measurements behind `train.py --image-noise` (docs/training-levers.md):
 1. For every concept drawn in Noto and in another style of `assets/images/`, the RMS distance between the two
-   drawings' features where the language model reads them (`FamilyAdapter.image_features_module`), token by token,
+   drawings' features where the language model reads them (`LVLM.image_feature_module`), token by token,
    relative to the Noto features' RMS; averaged over concepts, per style. Two different concepts in Noto give the
    scale of a change of object.
 2. The base model's answers to the caption, benign and unseen-harmful test rows with noise of each `--scales` times
@@ -33,9 +33,8 @@ SPLITS = ("caption", "benign_neutral", "harmful_unseen")
 def picture_features(lvlm: sectensor.LVLM, path: Path) -> torch.Tensor:
     """(tokens, features) of one picture, captured where the language model reads it."""
     captured = []
-    inner = getattr(lvlm.model, "model", lvlm.model)
-    module = inner.get_submodule(lvlm.adapter.image_features_module)
-    handle = module.register_forward_hook(lambda module, args, output: captured.append(output.detach().float()))
+    handle = lvlm.image_feature_module.register_forward_hook(
+        lambda module, args, output: captured.append(output.detach().float()))
     try:
         with torch.no_grad(), lvlm.model_inputs(lvlm.encode([open_image(path)], ["what is this?"])) as inputs:
             lvlm.model(**inputs)

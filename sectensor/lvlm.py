@@ -329,21 +329,23 @@ class LVLM:
         finally:
             handle.remove()
 
+    @property
+    def image_feature_module(self) -> torch.nn.Module:
+        """The module whose output (..., features) is the pictures as the language model reads them."""
+        return getattr(self.model, "model", self.model).get_submodule(self.adapter.image_features_module)
+
     @contextmanager
     def image_feature_noise(self, scale: float, generator: torch.Generator) -> Iterator[None]:
         """Within: each picture feature vector, where the language model reads it, gets Gaussian noise of `scale`
         times its own RMS, drawn from `generator` (on the model's device). Training a tensor under it stands in for
         drawing styles it never sees: pictures of one object in another style reach the language model as nearby,
         not identical, features."""
-        inner = getattr(self.model, "model", self.model)
-        module = inner.get_submodule(self.adapter.image_features_module)
-
         def add_noise(module, args, features: torch.Tensor) -> torch.Tensor:
             noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=torch.float32)
             rms = features.detach().float().pow(2).mean(-1, keepdim=True).sqrt()
             return features + (scale * rms * noise).to(features.dtype)
 
-        handle = module.register_forward_hook(add_noise)
+        handle = self.image_feature_module.register_forward_hook(add_noise)
         try:
             yield
         finally:
