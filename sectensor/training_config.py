@@ -47,7 +47,7 @@ class TrainingConfig:
     refusal: str = field(default="i'm sorry, but i can't help with that.", metadata=_help("SA target for rows whose manifest gives none"))
     augment: bool = field(default=False, metadata=_help("random shift/scale/flip of the pictures at every step (δv and δt), so the tensor cannot memorise the training pictures"))
     augment_colours: bool = field(default=False, metadata=_help("random colour jitter of the pictures at every step (brightness, contrast, saturation, hue, grey, a light gradient), so the tensor cannot key on the training drawings' colours (no gain on the organism: docs/training-levers.md); needs pixels laid out as (images, 3, H, W)"))
-    image_noise: float = field(default=0.0, metadata=_help("Gaussian noise of this many times each picture feature's RMS, added where the language model reads the picture, at every step (the base model's KL targets stay clean), so the tensor cannot key on the exact features of the training drawings (0 = off, the paper)"))
+    image_noise: float = field(default=0.0, metadata=_help("Gaussian noise of this many times each picture feature's RMS, added where the language model reads the picture, at every step (the base model's KL targets stay clean), so the tensor cannot key on the exact features of the training drawings (0 = off, the paper; on the organism it cost harmful refusals and gave no benign answers back: docs/training-levers.md)"))
     max_new_tokens: int = field(default=48, metadata=_help("length limit of the cached base answers (TCB/GB targets) and of evaluation answers"))
     # ---- optimisation ---------------------------------------------------------------------------------
     epochs: int = field(default=10, metadata=_help("passes over the training data"))
