@@ -233,7 +233,7 @@ def _recipes() -> list[Recipe]:
                                    (*first_token["16"], *cosine)),
         **{f"-first-token-8-ema-image-noise-{scale}": (
             f", first answer token weighted 8, δ averaged over the steps (decay 0.995), picture features with noise of "
-            f"{scale}× their RMS", (*first_token_8, *ema, "--image-noise", scale)) for scale in ("1", "2")},
+            f"{scale}× their RMS", (*first_token_8, *ema, "--image-noise", scale)) for scale in ("0.5", "1", "2")},
     }
     known_words_variants = {  # name suffix -> (label suffix, flags on top of the text rows' lr 32e-4 and KL)
         "-first-token-8": (", first answer token weighted 8", first_token_8),

@@ -115,11 +115,12 @@ def test_nonzero_tensors_change_logits(lvlm):
 
 
 def test_image_feature_noise_reaches_the_language_model_as_the_pictures_features(lvlm):
-    """`image_features_module` names the module whose output the language model reads as the pictures: its output
+    """`image_feature_module` is the module whose output the language model reads as the pictures: its output
     is as wide as the language model, noise there changes the answers' logits, and scale 0 changes nothing."""
     batch = lvlm.encode(PICTURES, PROMPTS)
     widths = []
-    handle = lvlm.image_feature_module.register_forward_hook(lambda module, args, output: widths.append(output.shape[-1]))
+    handle = lvlm.image_feature_module.register_forward_hook(
+        lambda module, args, output: widths.append(output.shape[-1]))
     base = logits(lvlm, batch)[:, -1]
     handle.remove()
     assert widths and set(widths) == {lvlm.hidden_size}
