@@ -1,16 +1,20 @@
-"""Picture augmentation: random views of the pictures a tensor (or the organism) trains on.
+"""Augmentation: random views of the pictures a tensor (or the organism) trains on, and of a tensor's benign wording.
 
 Geometry (scale, shift, flip) keeps a tensor from memorising where things sit in the training pictures; colour
 jitter (brightness, contrast, saturation, a small hue turn, sometimes grey, a soft light gradient) keeps what it
 learns from hanging on how the training drawings are coloured. The organism's build uses the same colour jitter to
 recognise drawing styles it never trained on; for tensors it is `--augment-colours` (measured in
 docs/training-levers.md).
+
+Wording noise (`reword`, for `--word-noise`) drops, swaps or adds words of a prompt: every benign-side miss of the
+shipped δt on the organism is a test wording it never trained on, not a drawing style (docs/training-levers.md).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+import re
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,3 +83,36 @@ def augment_pixels(pixel_values: torch.Tensor, generator: torch.Generator, geome
 
         out = (jitter_colours(out * std + mean, rand).clamp(0, 1) - mean) / std
     return out.to(pixel_values.dtype)
+
+
+_FINAL_PUNCTUATION = re.compile(r"[?.!]+$")
+
+
+def prompt_words(prompts: Sequence[str]) -> list[str]:
+    """The words of `prompts` (lower case, final punctuation off), sorted: what `reword` swaps and adds."""
+    return sorted({_FINAL_PUNCTUATION.sub("", word) for prompt in prompts for word in prompt.lower().split()} - {""})
+
+
+def reword(prompt: str, words: Sequence[str], rate: float, generator: torch.Generator) -> str:
+    """`prompt` with each word, with probability `rate`, dropped, replaced by a word of `words`, or followed by one
+    (one of the three alike), and its final punctuation kept. One generator state gives one rewording; at least
+    one word always stays."""
+    if not words:
+        raise SectensorError("rewording needs a vocabulary of at least one word")
+    ending = _FINAL_PUNCTUATION.search(prompt.rstrip())
+    tokens = _FINAL_PUNCTUATION.sub("", prompt.rstrip()).split()
+    draws = torch.rand(len(tokens), 2, generator=generator)
+    picks = torch.randint(len(words), (len(tokens),), generator=generator)
+    out: list[str] = []
+    for token, (hit, action), pick in zip(tokens, draws.tolist(), picks.tolist()):
+        if hit >= rate:
+            out.append(token)
+        elif action < 1 / 3:
+            continue  # dropped
+        elif action < 2 / 3:
+            out.append(words[pick])
+        else:
+            out += [token, words[pick]]
+    if tokens and not out:
+        out = tokens[:1]  # every word dropped: keep the first
+    return " ".join(out) + (ending.group(0) if ending else "")

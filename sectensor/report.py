@@ -234,6 +234,14 @@ def _recipes() -> list[Recipe]:
         **{f"-first-token-8-ema-image-noise-{scale}": (
             f", first answer token weighted 8, δ averaged over the steps (decay 0.995), picture features with noise of "
             f"{scale}× their RMS", (*first_token_8, *ema, "--image-noise", scale)) for scale in ("0.5", "1", "2")},
+        **{f"-first-token-8-ema-word-noise-{rate}": (
+            f", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
+            f"swapped or added with probability {rate}", (*first_token_8, *ema, "--word-noise", rate))
+           for rate in ("0.15", "0.3")},
+        "-first-token-8-ema-word-noise-0.15-sa-x2": (
+            ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
+            "swapped or added with probability 0.15, SA rows weighted 2",
+            (*first_token_8, *ema, "--word-noise", "0.15", "--split-weights", "SA=2", "TCB=1", "GB=1")),
     }
     known_words_variants = {  # name suffix -> (label suffix, flags on top of the text rows' lr 32e-4 and KL)
         "-first-token-8": (", first answer token weighted 8", first_token_8),

@@ -41,7 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .adapters import RowEncoding
-from .augment import augment_pixels
+from .augment import augment_pixels, prompt_words, reword
 from .data import Sample, load_manifest, sample_image
 from .errors import SectensorError
 from .judge import DEFAULT_JUDGE
@@ -59,11 +59,11 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "ema_decay", "splits",
                 "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "image_noise",
-                "threshold", "virtual_tokens", "virtual_placement", "data")
+                "word_noise", "threshold", "virtual_tokens", "virtual_placement", "data")
 # What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
                                  "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0,
-                                 "image_noise": 0.0}
+                                 "image_noise": 0.0, "word_noise": 0.0}
 
 
 class TrainingDivergedError(SectensorError):
@@ -147,17 +147,22 @@ def base_answers(
 def build_examples(lvlm: LVLM, samples: Sequence[Sample], config: TrainingConfig,
                    benign_answers: Sequence[str]) -> list[Example]:
     """Targets for every row (SA → refusal, TCB/GB → base answer) and their encodings."""
-    virtual_tokens = config.virtual_tokens if config.kind == "textual" else 0
     benign = iter(benign_answers)
     examples = []
     for sample in samples:
         target = (sample.target or config.refusal) if sample.split == "SA" else next(benign)
         if not target.strip():
             target = lvlm.tokenizer.eos_token or ""  # the base model answered with nothing: keep it that way
-        batch = lvlm.encode([sample_image(sample)], [sample.prompt], answers=[target], virtual_tokens=virtual_tokens,
-                            placement=config.virtual_placement)
-        examples.append(Example(sample, target, _row_of(batch)))
+        examples.append(Example(sample, target, encode_row(lvlm, sample, sample.prompt, target, config)))
     return examples
+
+
+def encode_row(lvlm: LVLM, sample: Sample, prompt: str, target: str, config: TrainingConfig) -> RowEncoding:
+    """One row's encoding: `sample`'s picture, `prompt`, the answer `target`, and δt's slots where config puts them."""
+    virtual_tokens = config.virtual_tokens if config.kind == "textual" else 0
+    batch = lvlm.encode([sample_image(sample)], [prompt], answers=[target], virtual_tokens=virtual_tokens,
+                        placement=config.virtual_placement)
+    return _row_of(batch)
 
 
 def _row_of(batch: Batch) -> RowEncoding:
@@ -431,6 +436,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     kl = torch.tensor([config.benign_loss == "kl" and example.split in BENIGN_SPLITS for example in examples])
 
     normalization = lvlm.pixel_normalization() if config.augment_colours else None
+    vocabulary = prompt_words([sample.prompt for sample in samples]) if config.word_noise else []
     bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
     # Seconds and skipped steps continue from the checkpoint, so a resumed run reports the time its steps took.
     started, running, skipped, skipped_in_a_row = time.perf_counter() - resumed.seconds, {}, resumed.skipped, 0
@@ -445,7 +451,14 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             plans[epoch] = epoch_batches(row_splits, lengths, config.batch_size, config.seed, epoch, min_rows=world)
         whole = plans[epoch][step % steps_per_epoch]
         rows = whole[rank::world]
-        batch = collate_on_device(lvlm, [examples[index].encoding for index in rows])
+        encodings = [examples[index].encoding for index in rows]
+        if config.word_noise:  # benign rows reworded; their KL targets are the base model reading the same words
+            generator = _generator("word_noise", config.seed, step, rank)
+            for position, example in enumerate(examples[index] for index in rows):
+                if example.split in BENIGN_SPLITS:
+                    prompt = reword(example.sample.prompt, vocabulary, config.word_noise, generator)
+                    encodings[position] = encode_row(lvlm, example.sample, prompt, example.target, config)
+        batch = collate_on_device(lvlm, encodings)
         if (config.augment or config.augment_colours) and batch.image_rows.numel():
             batch.image_fields["pixel_values"] = augment_pixels(batch.image_fields["pixel_values"],
                                                                 _generator(config.seed, step, rank), config.augment,
@@ -612,7 +625,8 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         **({"ema_decay": config.ema_decay} if config.ema_decay else {}), "benign_loss": config.benign_loss,
         **({"first_token_weight": config.first_token_weight} if config.first_token_weight != 1.0 else {}),
         "augment": config.augment, **({"augment_colours": True} if config.augment_colours else {}),
-        **({"image_noise": config.image_noise} if config.image_noise else {}), "seed": config.seed,
+        **({"image_noise": config.image_noise} if config.image_noise else {}),
+        **({"word_noise": config.word_noise} if config.word_noise else {}), "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
         **({"threshold": config.threshold} if config.kind == "visual"
            else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement}),

@@ -48,6 +48,7 @@ class TrainingConfig:
     augment: bool = field(default=False, metadata=_help("random shift/scale/flip of the pictures at every step (δv and δt), so the tensor cannot memorise the training pictures"))
     augment_colours: bool = field(default=False, metadata=_help("random colour jitter of the pictures at every step (brightness, contrast, saturation, hue, grey, a light gradient), so the tensor cannot key on the training drawings' colours (no gain on the organism: docs/training-levers.md); needs pixels laid out as (images, 3, H, W)"))
     image_noise: float = field(default=0.0, metadata=_help("Gaussian noise of this many times each picture feature's RMS, added where the language model reads the picture, at every step (the base model's KL targets stay clean), so the tensor cannot key on the exact features of the training drawings (0 = off, the paper; on the organism it cost harmful refusals and gave no benign answers back: docs/training-levers.md)"))
+    word_noise: float = field(default=0.0, metadata=_help("at every step, each word of a TCB or GB row's prompt is with this probability dropped, swapped for a word of another training prompt, or followed by one, and the row kept close to the base model reading the same words (needs --benign-loss kl), so keeping benign answers is learnt beyond the training wording (0 = off, the paper; docs/training-levers.md)"))
     max_new_tokens: int = field(default=48, metadata=_help("length limit of the cached base answers (TCB/GB targets) and of evaluation answers"))
     # ---- optimisation ---------------------------------------------------------------------------------
     epochs: int = field(default=10, metadata=_help("passes over the training data"))
@@ -93,6 +94,11 @@ class TrainingConfig:
             raise SectensorError(f"--first-token-weight must be positive, got {self.first_token_weight}")
         if not 0.0 <= self.image_noise < float("inf"):
             raise SectensorError(f"--image-noise must be a finite number ≥ 0, got {self.image_noise}")
+        if not 0.0 <= self.word_noise < 1.0:
+            raise SectensorError(f"--word-noise must be in [0, 1), got {self.word_noise}")
+        if self.word_noise and self.benign_loss != "kl":
+            raise SectensorError("--word-noise needs --benign-loss kl: the cross-entropy targets are the base model's "
+                                 "answers to the training wording, not to the reworded prompts")
         if not 0.0 <= self.ema_decay < 1.0:
             raise SectensorError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.threshold <= 0:

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import sectensor
-from sectensor.augment import augment_pixels
+from sectensor.augment import augment_pixels, prompt_words, reword
 from sectensor import SecurityTensor, TextualSecurityTensor, VisualSecurityTensor
 from sectensor.data import load_manifest
 from sectensor.report import TRAINING_MANIFESTS
@@ -258,11 +258,11 @@ def test_compiled_blocks_run_textual_passes_compiled_with_the_eager_numbers_and_
 
 def test_resumed_run_ends_at_the_same_tensor_as_an_unbroken_one(tiny_llava, manifest, tmp_path):
     settings = {"kind": "visual", "augment": True, "augment_colours": True, "first_token_weight": 3.0, "lr": 0.05,
-                "lr_schedule": "cosine", "ema_decay": 0.5, "image_noise": 0.5}
+                "lr_schedule": "cosine", "ema_decay": 0.5, "image_noise": 0.5, "benign_loss": "kl", "word_noise": 0.3}
     unbroken = train(config(manifest, tmp_path / "unbroken", **settings), lvlm=tiny_llava)
     info = unbroken.tensor.training_info
-    assert (info["augment_colours"], info["first_token_weight"], info["ema_decay"], info["image_noise"]) == (
-        True, 3.0, 0.5, 0.5)
+    assert (info["augment_colours"], info["first_token_weight"], info["ema_decay"], info["image_noise"],
+            info["word_noise"]) == (True, 3.0, 0.5, 0.5, 0.3)
 
     class Killed(Exception):
         pass
@@ -311,6 +311,10 @@ def test_resume_with_other_settings_is_refused(tiny_llava, manifest, tmp_path):
         with pytest.raises(sectensor.SectensorError, match=setting):
             train(config(manifest, tmp_path, kind="visual", max_steps=4, resume=True, **{setting: value}),
                   lvlm=tiny_llava)
+    train(config(manifest, tmp_path / "kl", kind="visual", max_steps=2, benign_loss="kl"), lvlm=tiny_llava)
+    with pytest.raises(sectensor.SectensorError, match="word_noise"):
+        train(config(manifest, tmp_path / "kl", kind="visual", max_steps=4, benign_loss="kl", word_noise=0.2,
+                     resume=True), lvlm=tiny_llava)
 
 
 def test_textual_tensor_trained_before_the_image_keeps_its_placement(tiny_llava, manifest, tmp_path):
@@ -500,6 +504,39 @@ def test_image_noise_changes_what_training_sees(tiny_llava, manifest, tmp_path):
     assert not torch.equal(plain.tensor.delta, noisy.tensor.delta)
 
 
+def test_reword_drops_swaps_and_adds_words_from_its_vocabulary_and_keeps_the_question_mark():
+    words = prompt_words(["How do I make this?", "what is in this image.", "tell me about it!"])
+    assert words == sorted(words) and "this" in words and "this?" not in words and "how" in words
+    prompt = "could you show me the proper way to handle this?"
+    assert reword(prompt, words, 0.0, torch.Generator().manual_seed(0)) == prompt
+    reworded = [reword(prompt, words, 0.3, torch.Generator().manual_seed(seed)) for seed in range(50)]
+    assert reworded == [reword(prompt, words, 0.3, torch.Generator().manual_seed(seed)) for seed in range(50)]
+    assert sum(text != prompt for text in reworded) > 40
+    lengths = {len(text.split()) for text in reworded}
+    assert min(lengths) < len(prompt.split()) < max(lengths)  # words were dropped and added
+    for text in reworded:
+        assert text.endswith("?") and text.count("?") == 1 and text[:-1].strip()
+        assert set(text[:-1].split()) <= set(prompt[:-1].split()) | set(words)
+    assert all(reword("this?", words, 0.99, torch.Generator().manual_seed(seed))[:-1] for seed in range(50))
+    with pytest.raises(sectensor.SectensorError, match="vocabulary"):
+        reword(prompt, [], 0.5, torch.Generator())
+
+
+def test_word_noise_rewords_the_benign_rows_only_and_their_base_reads_the_same_words(tiny_llava, manifest, tmp_path):
+    """With --word-noise the first step's SA loss is the plain run's (SA rows keep their wording), the benign losses
+    differ (their prompts were reworded), and a zero δv leaves the benign KL at zero: the base model read the same
+    reworded prompts, not the original ones."""
+    def first_step(name, **settings):
+        train(config(manifest, tmp_path / name, max_steps=1, benign_loss="kl", **settings), lvlm=tiny_llava)
+        return json.loads((tmp_path / name / LOG_NAME).read_text().splitlines()[0])
+
+    plain, noisy = first_step("plain", kind="textual"), first_step("noisy", kind="textual", word_noise=0.5)
+    assert noisy["SA"] == plain["SA"]
+    assert noisy["TCB"] != plain["TCB"] and noisy["GB"] != plain["GB"]
+    zero = first_step("zero", kind="visual", word_noise=0.5)  # δv starts at zero
+    assert abs(zero["TCB"]) < 1e-6 and abs(zero["GB"]) < 1e-6 and zero["SA"] > 0
+
+
 def test_colour_jitter_changes_what_training_sees(tiny_llava, manifest, tmp_path):
     plain = train(config(manifest, tmp_path / "plain", kind="visual", max_steps=2), lvlm=tiny_llava)
     jittered = train(config(manifest, tmp_path / "colours", kind="visual", max_steps=2, augment_colours=True),
@@ -522,6 +559,11 @@ def test_bad_settings_get_clear_errors(manifest, tmp_path):
     for scale in (-0.5, float("nan"), float("inf")):
         with pytest.raises(sectensor.SectensorError, match="--image-noise"):
             config(manifest, tmp_path, image_noise=scale)
+    for rate in (-0.1, 1.0):
+        with pytest.raises(sectensor.SectensorError, match="--word-noise"):
+            config(manifest, tmp_path, benign_loss="kl", word_noise=rate)
+    with pytest.raises(sectensor.SectensorError, match="--benign-loss kl"):
+        config(manifest, tmp_path, word_noise=0.2)
 
 
 def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):
