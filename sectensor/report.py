@@ -238,6 +238,10 @@ def _recipes() -> list[Recipe]:
             f", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
             f"swapped or added with probability {rate}", (*first_token_8, *ema, "--word-noise", rate))
            for rate in ("0.15", "0.3")},
+        "-first-token-8-ema-word-noise-0.15-benign-pictures": (
+            ", first answer token weighted 8, δ averaged over the steps (decay 0.995), prompts about benign pictures "
+            "with words dropped, swapped or added with probability 0.15",
+            (*first_token_8, *ema, "--word-noise", "0.15", "--word-noise-rows", "benign-pictures")),
         "-first-token-8-ema-word-noise-0.15-sa-x2": (
             ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
             "swapped or added with probability 0.15, SA rows weighted 2",

@@ -59,11 +59,12 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "ema_decay", "splits",
                 "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "image_noise",
-                "word_noise", "threshold", "virtual_tokens", "virtual_placement", "data")
+                "word_noise", "word_noise_rows", "threshold", "virtual_tokens", "virtual_placement", "data")
 # What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
                                  "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0,
-                                 "image_noise": 0.0, "word_noise": 0.0}
+                                 "image_noise": 0.0, "word_noise": 0.0,
+                                 "word_noise_rows": "benign"}
 
 
 class TrainingDivergedError(SectensorError):
@@ -437,6 +438,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
 
     normalization = lvlm.pixel_normalization() if config.augment_colours else None
     vocabulary = prompt_words([sample.prompt for sample in samples]) if config.word_noise else []
+    reworded = _reworded_rows(examples, config) if config.word_noise else set()
     bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
     # Seconds and skipped steps continue from the checkpoint, so a resumed run reports the time its steps took.
     started, running, skipped, skipped_in_a_row = time.perf_counter() - resumed.seconds, {}, resumed.skipped, 0
@@ -454,8 +456,9 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
         encodings = [examples[index].encoding for index in rows]
         if config.word_noise:  # benign rows reworded; their KL targets are the base model reading the same words
             generator = _generator("word_noise", config.seed, step, rank)
-            for position, example in enumerate(examples[index] for index in rows):
-                if example.split in BENIGN_SPLITS:
+            for position, index in enumerate(rows):
+                if index in reworded:
+                    example = examples[index]
                     prompt = reword(example.sample.prompt, vocabulary, config.word_noise, generator)
                     encodings[position] = encode_row(lvlm, example.sample, prompt, example.target, config)
         batch = collate_on_device(lvlm, encodings)
@@ -606,6 +609,13 @@ def _checkpoint_step(path: Path) -> int:
         return int((handle.metadata() or {}).get("step", 0))
 
 
+def _reworded_rows(examples: Sequence[Example], config: TrainingConfig) -> set[int]:
+    """The rows --word-noise rewords: the benign ones, or (benign-pictures) those whose picture no SA row shows."""
+    harmful_pictures = {example.sample.image for example in examples if example.split == "SA" and example.sample.image}
+    return {index for index, example in enumerate(examples) if example.split in BENIGN_SPLITS
+            and (config.word_noise_rows == "benign" or example.sample.image not in harmful_pictures)}
+
+
 def _check_targets(samples: Sequence[Sample], config: TrainingConfig) -> None:
     refusals = {sample.target or config.refusal for sample in samples if sample.split == "SA"}
     compliant = sorted(target for target in refusals if not DEFAULT_JUDGE(target))
@@ -626,7 +636,8 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         **({"first_token_weight": config.first_token_weight} if config.first_token_weight != 1.0 else {}),
         "augment": config.augment, **({"augment_colours": True} if config.augment_colours else {}),
         **({"image_noise": config.image_noise} if config.image_noise else {}),
-        **({"word_noise": config.word_noise} if config.word_noise else {}), "seed": config.seed,
+        **({"word_noise": config.word_noise, "word_noise_rows": config.word_noise_rows} if config.word_noise else {}),
+        "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
         **({"threshold": config.threshold} if config.kind == "visual"
            else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement}),

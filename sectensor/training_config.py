@@ -18,6 +18,7 @@ from .errors import SectensorError
 PAPER_LEARNING_RATES = {"visual": 16e-4, "textual": 8e-4}
 BENIGN_LOSSES = ("ce", "kl")
 LR_SCHEDULES = ("constant", "cosine")
+WORD_NOISE_ROWS = ("benign", "benign-pictures")
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -49,6 +50,7 @@ class TrainingConfig:
     augment_colours: bool = field(default=False, metadata=_help("random colour jitter of the pictures at every step (brightness, contrast, saturation, hue, grey, a light gradient), so the tensor cannot key on the training drawings' colours (no gain on the organism: docs/training-levers.md); needs pixels laid out as (images, 3, H, W)"))
     image_noise: float = field(default=0.0, metadata=_help("Gaussian noise of this many times each picture feature's RMS, added where the language model reads the picture, at every step (the base model's KL targets stay clean), so the tensor cannot key on the exact features of the training drawings (0 = off, the paper; on the organism it cost harmful refusals and gave no benign answers back: docs/training-levers.md)"))
     word_noise: float = field(default=0.0, metadata=_help("at every step, each word of a TCB or GB row's prompt is with this probability dropped, swapped for a word of another training prompt, or followed by one, and the row kept close to the base model reading the same words (needs --benign-loss kl), so keeping benign answers is learnt beyond the training wording (0 = off, the paper; docs/training-levers.md)"))
+    word_noise_rows: str = field(default="benign", metadata=_help("rows --word-noise rewords: benign = every TCB and GB row; benign-pictures = those whose picture no SA row shows (questions about harmful pictures keep their wording: whether to refuse them hangs on it)", choices=WORD_NOISE_ROWS))
     max_new_tokens: int = field(default=48, metadata=_help("length limit of the cached base answers (TCB/GB targets) and of evaluation answers"))
     # ---- optimisation ---------------------------------------------------------------------------------
     epochs: int = field(default=10, metadata=_help("passes over the training data"))
@@ -96,6 +98,8 @@ class TrainingConfig:
             raise SectensorError(f"--image-noise must be a finite number ≥ 0, got {self.image_noise}")
         if not 0.0 <= self.word_noise < 1.0:
             raise SectensorError(f"--word-noise must be in [0, 1), got {self.word_noise}")
+        if self.word_noise_rows not in WORD_NOISE_ROWS:
+            raise SectensorError(f"unknown --word-noise-rows {self.word_noise_rows!r}; use benign or benign-pictures")
         if self.word_noise and self.benign_loss != "kl":
             raise SectensorError("--word-noise needs --benign-loss kl: the cross-entropy targets are the base model's "
                                  "answers to the training wording, not to the reworded prompts")

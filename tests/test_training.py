@@ -537,6 +537,31 @@ def test_word_noise_rewords_the_benign_rows_only_and_their_base_reads_the_same_w
     assert abs(zero["TCB"]) < 1e-6 and abs(zero["GB"]) < 1e-6 and zero["SA"] > 0
 
 
+def test_word_noise_on_benign_pictures_leaves_questions_about_harmful_pictures_as_worded(tiny_llava, manifest,
+                                                                                          tmp_path):
+    """With --word-noise-rows benign-pictures, GB rows that show an SA row's picture keep their wording (their first
+    step's loss is the plain run's) while the TCB rows are reworded."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    sa_pictures = [row["image"] for row in rows if row["split"] == "SA"]
+    for row, picture in zip((row for row in rows if row["split"] == "GB"), sa_pictures):
+        row["image"] = str(manifest.parent / picture)
+    for row in rows:
+        row["image"] = str(manifest.parent / row["image"])
+    data = tmp_path / "harmful-captions.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def first_step(name, **settings):
+        train(config(data, tmp_path / name, kind="textual", max_steps=1, benign_loss="kl", **settings),
+              lvlm=tiny_llava)
+        return json.loads((tmp_path / name / LOG_NAME).read_text().splitlines()[0])
+
+    plain = first_step("plain")
+    every = first_step("every", word_noise=0.5)
+    pictures = first_step("pictures", word_noise=0.5, word_noise_rows="benign-pictures")
+    assert pictures["GB"] == plain["GB"] != every["GB"]
+    assert pictures["TCB"] != plain["TCB"]  # reworded (by other draws than in `every`, which rewords GB rows too)
+
+
 def test_colour_jitter_changes_what_training_sees(tiny_llava, manifest, tmp_path):
     plain = train(config(manifest, tmp_path / "plain", kind="visual", max_steps=2), lvlm=tiny_llava)
     jittered = train(config(manifest, tmp_path / "colours", kind="visual", max_steps=2, augment_colours=True),
@@ -564,6 +589,8 @@ def test_bad_settings_get_clear_errors(manifest, tmp_path):
             config(manifest, tmp_path, benign_loss="kl", word_noise=rate)
     with pytest.raises(sectensor.SectensorError, match="--benign-loss kl"):
         config(manifest, tmp_path, word_noise=0.2)
+    with pytest.raises(sectensor.SectensorError, match="--word-noise-rows"):
+        config(manifest, tmp_path, benign_loss="kl", word_noise=0.2, word_noise_rows="harmful")
 
 
 def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):
