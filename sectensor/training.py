@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -154,14 +155,15 @@ def build_examples(lvlm: LVLM, samples: Sequence[Sample], config: TrainingConfig
         target = (sample.target or config.refusal) if sample.split == "SA" else next(benign)
         if not target.strip():
             target = lvlm.tokenizer.eos_token or ""  # the base model answered with nothing: keep it that way
-        examples.append(Example(sample, target, encode_row(lvlm, sample, sample.prompt, target, config)))
+        examples.append(Example(sample, target, encode_row(lvlm, sample_image(sample), sample.prompt, target, config)))
     return examples
 
 
-def encode_row(lvlm: LVLM, sample: Sample, prompt: str, target: str, config: TrainingConfig) -> RowEncoding:
-    """One row's encoding: `sample`'s picture, `prompt`, the answer `target`, and δt's slots where config puts them."""
+def encode_row(lvlm: LVLM, image: Image.Image | None, prompt: str, target: str,
+               config: TrainingConfig) -> RowEncoding:
+    """One row's encoding: `image`, `prompt`, the answer `target`, and δt's slots where config puts them."""
     virtual_tokens = config.virtual_tokens if config.kind == "textual" else 0
-    batch = lvlm.encode([sample_image(sample)], [prompt], answers=[target], virtual_tokens=virtual_tokens,
+    batch = lvlm.encode([image], [prompt], answers=[target], virtual_tokens=virtual_tokens,
                         placement=config.virtual_placement)
     return _row_of(batch)
 
@@ -439,6 +441,7 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     normalization = lvlm.pixel_normalization() if config.augment_colours else None
     vocabulary = prompt_words([sample.prompt for sample in samples]) if config.word_noise else []
     reworded = _reworded_rows(examples, config) if config.word_noise else set()
+    pictures: dict[str, Image.Image] = {}  # the reworded rows' pictures, opened once instead of at every step
     bar = _progress(total_steps, start_step, config.progress and state.is_main_process)
     # Seconds and skipped steps continue from the checkpoint, so a resumed run reports the time its steps took.
     started, running, skipped, skipped_in_a_row = time.perf_counter() - resumed.seconds, {}, resumed.skipped, 0
@@ -458,9 +461,12 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             generator = _generator("word_noise", config.seed, step, rank)
             for position, index in enumerate(rows):
                 if index in reworded:
-                    example = examples[index]
-                    prompt = reword(example.sample.prompt, vocabulary, config.word_noise, generator)
-                    encodings[position] = encode_row(lvlm, example.sample, prompt, example.target, config)
+                    sample = examples[index].sample
+                    if sample.image and sample.image not in pictures:
+                        pictures[sample.image] = sample_image(sample)
+                    prompt = reword(sample.prompt, vocabulary, config.word_noise, generator)
+                    encodings[position] = encode_row(lvlm, pictures.get(sample.image), prompt, examples[index].target,
+                                                     config)
         batch = collate_on_device(lvlm, encodings)
         if (config.augment or config.augment_colours) and batch.image_rows.numel():
             batch.image_fields["pixel_values"] = augment_pixels(batch.image_fields["pixel_values"],
