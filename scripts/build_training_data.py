@@ -47,7 +47,11 @@ third drawing style, EmojiOne (`TENSOR_TRAINING_STYLES`, where the set has the c
 style): the benign pictures a tensor turns away from their base answers are in drawing styles it did not train on,
 so that it may learn to keep the base answers across more than two styles. `tensor_training_styles.jsonl` keeps
 only the EmojiOne pictures the model names right when asked what they show (21 of the 27 training concepts for
-the committed organism). Still no test style, prompt or group is trained on.
+the committed organism). `tensor_training_observed.jsonl` is the known-words manifest plus 4 GB rows per training
+picture (harmful, TCB and general alike) that ask what it shows in the wording of someone looking at a picture
+(OBSERVE_FRAMES: "what is the first thing you see here?"), answered as the base model answers them: the captions a
+tensor refuses are such questions about harmful pictures, which the organism's text side half refuses
+(docs/training-levers.md). Still no test style, prompt or group is trained on.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ GRAMMAR_KNOWN = DATA / "tensor_training_grammar_known_words.jsonl"
 THREE_STYLES, THREE_STYLES_ALL = DATA / "tensor_training_styles.jsonl", DATA / "tensor_training_styles_all.jsonl"
 TESTS_OPENMOJI = DATA / "tensor_tests_openmoji.jsonl"
 SHAPES = DATA / "tensor_training_shapes.jsonl"
+OBSERVED = DATA / "tensor_training_observed.jsonl"
 SHAPE_PICTURES = ROOT / "assets" / "shapes" / "pictures"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
@@ -106,6 +111,18 @@ EXTRA_REQUEST_FRAMES = [
     "how would i make {x}?", "what steps make {x}?", "can you help me make {x}?", "show me how to build {x}.",
     "where could i find {x}?", "where do i buy {x}?", "can you help me get {x}?", "how is {x} used?",
     "what is the best way to use {x}?", "can you show me how to work {x}?", "how do you use {x}?", "help me use {x}.",
+]
+# Questions about what a picture shows, worded the way people look at a picture rather than name an object ("what is
+# the first thing you see here?"), none of them test wording and every word in the organism's vocabulary: for the
+# observed manifest only.
+OBSERVE_FRAMES = [
+    "what do you make of this image?", "what is going on in this picture?", "tell me about this picture.",
+    "what is the main thing in this picture?", "what is this a picture of?", "can you tell what this is?",
+    "what would you say this shows?", "explain what this image shows.", "look at this picture and say what it is.",
+    "what is the first thing you see here?", "what does this drawing show?", "name what you see in this image.",
+    "what do you find in this picture?", "what object do you see here?", "say what you see.",
+    "tell me what you see in this image.", "which thing do you see here?", "what kind of object is in this picture?",
+    "what's this thing?", "what can you tell me about this image?", "look at this image. what is it?",
 ]
 EXTRA_GENERAL_FRAMES = ["what's a nice way to enjoy this?", "how do i keep this clean?", "what is a fun thing to do with this?",
                         "how can i show this to a friend?"]
@@ -183,6 +200,14 @@ def described_rows(rng: random.Random, describe: list[str], general: list[str]) 
             rows += [_row(concept, style, _picture_prompt(frame, PICTURE_REFS, rng)[0], "GB")
                      for frame in rng.sample(general, 4)]
     return rows
+
+
+def observed_rows(rng: random.Random, per_picture: int) -> list[dict]:
+    """`per_picture` GB rows per training picture (SA, TCB and general pictures alike) asking what it shows in
+    OBSERVE_FRAMES' wording, answered as the base model answers them."""
+    return [_row(concept, style, frame, "GB", harmful=False)
+            for group in (*HARMFUL_SEEN_GROUPS, "tcb", "general") for concept in GROUPS[group]
+            for style in TRAIN_STYLES for frame in rng.sample(OBSERVE_FRAMES, per_picture)]
 
 
 def request_rows(rng: random.Random, frames: list[str], per_picture: int) -> list[tuple[dict, str]]:
@@ -355,6 +380,7 @@ def main() -> None:
         write(THREE_STYLES_ALL, redrawn(known, "noto", *TENSOR_TRAINING_STYLES))
         write(THREE_STYLES, redrawn(known, "noto", *TENSOR_TRAINING_STYLES, lvlm=lvlm))
         write(SHAPES, known + shape_rows(random.Random(SEED + 9), lvlm))
+        write(OBSERVED, known + known_words(lvlm, observed_rows(random.Random(SEED + 10), 4)))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

@@ -47,8 +47,10 @@ TRAINING_GRAMMAR_KNOWN = "assets/data/tensor_training_grammar_known_words.jsonl"
 TRAINING_STYLES = "assets/data/tensor_training_styles.jsonl"
 TRAINING_STYLES_ALL = "assets/data/tensor_training_styles_all.jsonl"
 TRAINING_SHAPES = "assets/data/tensor_training_shapes.jsonl"
+TRAINING_OBSERVED = "assets/data/tensor_training_observed.jsonl"
 TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT,
-                      TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES, TRAINING_STYLES_ALL, TRAINING_SHAPES)
+                      TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES, TRAINING_STYLES_ALL, TRAINING_SHAPES,
+                      TRAINING_OBSERVED)
 ADDED_EVAL_NAME = "eval_added_splits.json"  # a finished run evaluated on test splits added after it ran
 HELD_OUT_EVAL_NAME = "eval_results_openmoji.json"  # a finished run evaluated on HELD_OUT_TESTS
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
@@ -238,10 +240,11 @@ def _recipes() -> list[Recipe]:
             f", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
             f"swapped or added with probability {rate}", (*first_token_8, *ema, "--word-noise", rate))
            for rate in ("0.15", "0.3")},
-        "-first-token-8-ema-word-noise-0.15-benign-pictures": (
-            ", first answer token weighted 8, δ averaged over the steps (decay 0.995), prompts about benign pictures "
-            "with words dropped, swapped or added with probability 0.15",
-            (*first_token_8, *ema, "--word-noise", "0.15", "--word-noise-rows", "benign-pictures")),
+        **{f"-first-token-8-ema-word-noise-{rate}-benign-pictures": (
+            f", first answer token weighted 8, δ averaged over the steps (decay 0.995), prompts about benign pictures "
+            f"with words dropped, swapped or added with probability {rate}",
+            (*first_token_8, *ema, "--word-noise", rate, "--word-noise-rows", "benign-pictures"))
+           for rate in ("0.15", "0.3")},
         "-first-token-8-ema-word-noise-0.15-sa-x2": (
             ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
             "swapped or added with probability 0.15, SA rows weighted 2",
@@ -260,6 +263,9 @@ def _recipes() -> list[Recipe]:
                            "them", TRAINING_STYLES, styles_levers),
         "textual-shapes": ("δt, known-words data plus requests about abstract shape pictures, answered as the base "
                            "answers them", TRAINING_SHAPES, ("-first-token-8-ema",)),
+        "textual-observed": ("δt, known-words data plus questions about what each training picture shows, worded as "
+                             "someone looking at it", TRAINING_OBSERVED,
+                             ("-first-token-8-ema", "-first-token-8-ema-word-noise-0.15")),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),

@@ -726,6 +726,38 @@ def test_shapes_manifest_adds_benign_rows_about_the_shapes_the_organism_does_not
     assert "Apache-2.0" in (root / "shapes" / "README.md").read_text()
 
 
+def test_observed_manifest_adds_questions_about_what_each_training_picture_shows():
+    """tensor_training_observed.jsonl is the known-words manifest, then 4 GB questions in OBSERVE_FRAMES' wording
+    about every training picture, harmful ones included, kept as the base model answers them: known words only, and
+    never a test prompt."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("build_training_data", root / "scripts" / "build_training_data.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    known = [json.loads(line) for line in (root / "assets/data/tensor_training_grammar_known_words.jsonl").open()]
+    observed = [json.loads(line) for line in (root / "assets/data/tensor_training_observed.jsonl").open()]
+    assert observed[: len(known)] == known
+    added = observed[len(known):]
+    assert all(row["split"] == "GB" and not row["harmful"] and "target" not in row for row in added)
+    assert {row["prompt"] for row in added} <= set(build.OBSERVE_FRAMES)
+    per_picture: dict[str, int] = {}
+    for row in added:
+        per_picture[row["image"]] = per_picture.get(row["image"], 0) + 1
+    trained_pictures = {row["image"] for row in known if row["image"] and row["split"] in ("SA", "TCB", "GB")}
+    harmful_pictures = {row["image"] for row in known if row["split"] == "SA" and row["image"]}
+    assert set(per_picture) <= trained_pictures and harmful_pictures <= set(per_picture)
+    assert set(per_picture.values()) == {4}
+    tokenizer = AutoTokenizer.from_pretrained(root / "assets" / "organism")
+    assert not any(tokenizer.unk_token_id in tokenizer(frame, add_special_tokens=False)["input_ids"]
+                   for frame in build.OBSERVE_FRAMES)
+    tests = load_manifest(root / "assets/data/tensor_tests.jsonl")
+    assert not set(build.OBSERVE_FRAMES) & {sample.prompt for sample in tests}
+
+
 def test_selection_score_prefers_selective_refusal_over_refusing_everything():
     from sectensor.report import score
 
