@@ -265,7 +265,8 @@ def _recipes() -> list[Recipe]:
                            "answers them", TRAINING_SHAPES, ("-first-token-8-ema",)),
         "textual-observed": ("δt, known-words data plus questions about what each training picture shows, worded as "
                              "someone looking at it", TRAINING_OBSERVED,
-                             ("-first-token-8-ema", "-first-token-8-ema-word-noise-0.15")),
+                             ("-first-token-8-ema", "-first-token-8-ema-word-noise-0.15",
+                              "-first-token-8-ema-word-noise-0.15-benign-pictures")),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),
