@@ -883,6 +883,9 @@ def test_shipping_writes_the_held_out_style_into_the_card_and_drops_a_stale_one(
                                                                             "splits": splits}
     card = (target / "README.md").read_text()
     assert "## Measured in a drawing style nothing trained on" in card and "tensor_tests_openmoji.jsonl" in card
+    # picked on the test sets it reports: the card says so, with the recipe's mean over its runs (here both runs)
+    assert "(recipe, with)" in card and "best of several runs, not what the recipe gives" in card
+    assert "over its 2 runs (mean ± standard deviation, %): FRR GBT 25.0 ± 0.0." in card
     report.ship({"visual": (runs["without"], 1.0)})
     assert not (target / report.HELD_OUT_EVAL_NAME).exists()
     assert "drawing style nothing trained on" not in (target / "README.md").read_text()
