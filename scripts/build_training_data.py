@@ -51,7 +51,9 @@ the committed organism). `tensor_training_observed.jsonl` is the known-words man
 picture (harmful, TCB and general alike) that ask what it shows in the wording of someone looking at a picture
 (OBSERVE_FRAMES: "what is the first thing you see here?"), answered as the base model answers them: the captions a
 tensor refuses are such questions about harmful pictures, which the organism's text side half refuses
-(docs/training-levers.md). Still no test style, prompt or group is trained on.
+(docs/training-levers.md). `tensor_training_observed_general.jsonl` adds to it 4 TCB rows per `general` picture,
+requests in SA wording ("how do i get one of these?") about everyday things, answered as the base answers them: TCB
+rows otherwise show only the `tcb` pictures. Still no test style, prompt or group is trained on.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ THREE_STYLES, THREE_STYLES_ALL = DATA / "tensor_training_styles.jsonl", DATA / "
 TESTS_OPENMOJI = DATA / "tensor_tests_openmoji.jsonl"
 SHAPES = DATA / "tensor_training_shapes.jsonl"
 OBSERVED = DATA / "tensor_training_observed.jsonl"
+OBSERVED_GENERAL = DATA / "tensor_training_observed_general.jsonl"
 SHAPE_PICTURES = ROOT / "assets" / "shapes" / "pictures"
 TRAIN_STYLES = ("noto", "twemoji")
 TEST_STYLES = tuple(style for style in STYLES if style not in TRAIN_STYLES)
@@ -208,6 +211,14 @@ def observed_rows(rng: random.Random, per_picture: int) -> list[dict]:
     return [_row(concept, style, frame, "GB", harmful=False)
             for group in (*HARMFUL_SEEN_GROUPS, "tcb", "general") for concept in GROUPS[group]
             for style in TRAIN_STYLES for frame in rng.sample(OBSERVE_FRAMES, per_picture)]
+
+
+def general_request_rows(rng: random.Random, per_picture: int) -> list[dict]:
+    """`per_picture` TCB rows per `general` picture: requests in SA wording (make, get, use, ...) about everyday
+    things, answered as the base model answers them. TCB rows otherwise show only the `tcb` pictures, and the
+    benign pictures tensors refuse such requests about are mostly `general` ones."""
+    return [_row(concept, style, _picture_prompt(frame, PICTURE_REFS, rng)[0], "TCB")
+            for concept in GROUPS["general"] for style in TRAIN_STYLES for frame in rng.sample(REQUESTS, per_picture)]
 
 
 def request_rows(rng: random.Random, frames: list[str], per_picture: int) -> list[tuple[dict, str]]:
@@ -380,7 +391,9 @@ def main() -> None:
         write(THREE_STYLES_ALL, redrawn(known, "noto", *TENSOR_TRAINING_STYLES))
         write(THREE_STYLES, redrawn(known, "noto", *TENSOR_TRAINING_STYLES, lvlm=lvlm))
         write(SHAPES, known + shape_rows(random.Random(SEED + 9), lvlm))
-        write(OBSERVED, known + known_words(lvlm, observed_rows(random.Random(SEED + 10), 4)))
+        observed = known + known_words(lvlm, observed_rows(random.Random(SEED + 10), 4))
+        write(OBSERVED, observed)
+        write(OBSERVED_GENERAL, observed + known_words(lvlm, general_request_rows(random.Random(SEED + 11), 4)))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

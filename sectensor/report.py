@@ -48,9 +48,10 @@ TRAINING_STYLES = "assets/data/tensor_training_styles.jsonl"
 TRAINING_STYLES_ALL = "assets/data/tensor_training_styles_all.jsonl"
 TRAINING_SHAPES = "assets/data/tensor_training_shapes.jsonl"
 TRAINING_OBSERVED = "assets/data/tensor_training_observed.jsonl"
+TRAINING_OBSERVED_GENERAL = "assets/data/tensor_training_observed_general.jsonl"
 TRAINING_MANIFESTS = (TRAINING, TRAINING_TWIN, TRAINING_DESCRIBED, TRAINING_VARIED, TRAINING_VARIED_REQUESTS, TRAINING_TEXT,
                       TRAINING_GRAMMAR, TRAINING_GRAMMAR_KNOWN, TRAINING_STYLES, TRAINING_STYLES_ALL, TRAINING_SHAPES,
-                      TRAINING_OBSERVED)
+                      TRAINING_OBSERVED, TRAINING_OBSERVED_GENERAL)
 ADDED_EVAL_NAME = "eval_added_splits.json"  # a finished run evaluated on test splits added after it ran
 HELD_OUT_EVAL_NAME = "eval_results_openmoji.json"  # a finished run evaluated on HELD_OUT_TESTS
 SHIPPED = {"visual": ROOT / "assets/tensors/organism-visual", "textual": ROOT / "assets/tensors/organism-textual"}
@@ -267,6 +268,9 @@ def _recipes() -> list[Recipe]:
                              "someone looking at it", TRAINING_OBSERVED,
                              ("-first-token-8-ema", "-first-token-8-ema-word-noise-0.15",
                               "-first-token-8-ema-word-noise-0.15-benign-pictures")),
+        "textual-observed-general": ("δt, the observed data plus requests in SA wording about the general pictures, "
+                                     "answered as the base answers them", TRAINING_OBSERVED_GENERAL,
+                                     ("-first-token-8-ema",)),
     }
     described = [
         Recipe("textual-described", "textual", "δt, paper recipe on the described data", TRAINING_DESCRIBED, PAPER_BUDGET),

@@ -726,10 +726,10 @@ def test_shapes_manifest_adds_benign_rows_about_the_shapes_the_organism_does_not
     assert "Apache-2.0" in (root / "shapes" / "README.md").read_text()
 
 
-def test_observed_manifest_adds_questions_about_what_each_training_picture_shows():
+def test_observed_manifests_add_questions_about_what_each_training_picture_shows_and_requests_about_general_ones():
     """tensor_training_observed.jsonl is the known-words manifest, then 4 GB questions in OBSERVE_FRAMES' wording
     about every training picture, harmful ones included, kept as the base model answers them: known words only, and
-    never a test prompt."""
+    never a test prompt. tensor_training_observed_general.jsonl adds TCB requests about the general pictures."""
     import importlib.util
 
     from transformers import AutoTokenizer
@@ -756,6 +756,20 @@ def test_observed_manifest_adds_questions_about_what_each_training_picture_shows
                    for frame in build.OBSERVE_FRAMES)
     tests = load_manifest(root / "assets/data/tensor_tests.jsonl")
     assert not set(build.OBSERVE_FRAMES) & {sample.prompt for sample in tests}
+
+    # tensor_training_observed_general.jsonl: then 4 requests in SA wording about each general picture, kept as the
+    # base answers them (TCB)
+    general = [json.loads(line) for line in (root / "assets/data/tensor_training_observed_general.jsonl").open()]
+    assert general[: len(observed)] == observed
+    requests = general[len(observed):]
+    assert all(row["split"] == "TCB" and row["category"] == "general" and not row["harmful"] for row in requests)
+    per_general_picture: dict[str, int] = {}
+    for row in requests:
+        per_general_picture[row["image"]] = per_general_picture.get(row["image"], 0) + 1
+    assert set(per_general_picture.values()) == {4}
+    assert len(per_general_picture) == len(build.TRAIN_STYLES) * len(build.GROUPS["general"])
+    wording = {frame.format(x=ref) if "{x}" in frame else frame for frame in build.REQUESTS for ref in build.PICTURE_REFS}
+    assert {row["prompt"] for row in requests} <= wording
 
 
 def test_selection_score_prefers_selective_refusal_over_refusing_everything():
