@@ -775,11 +775,12 @@ def selection_note(recipe: str, run: str, recipe_runs: list[dict[str, Any]]) -> 
     """The shipped card's closing lines. The run was picked by its score on the very test sets its card reports, so
     its numbers are the best of several; the card says so and gives its recipe's mean over all its runs beside them."""
     means = [f"{title.rstrip(' ↑↓')} {_cell([_value(splits, split, metric) for splits in recipe_runs])}"
-             for split, metric, title in COLUMNS if any(_value(splits, split, metric) is not None for splits in recipe_runs)]
+             for split, metric, title in COLUMNS
+             if any(_value(splits, split, metric) is not None for splits in recipe_runs)]
     return (f"\nChosen among the runs of `python -m sectensor.report` ({recipe}, {run}) for the best selection score "
             "(`sectensor.report.score`) on these same test sets, so the numbers above are those of the best of several "
-            f"runs, not what the recipe gives on average. The recipe over its {len(recipe_runs)} runs (mean ± standard deviation, %): "
-            f"{'; '.join(means)}. docs/results.md has every recipe over several seeds.\n")
+            f"runs, not what the recipe gives on average. The recipe over its {len(recipe_runs)} runs (mean ± standard "
+            f"deviation, %): {'; '.join(means)}. docs/results.md has every recipe over several seeds.\n")
 
 
 def ship(chosen: dict[str, tuple[Path, float]]) -> None:
@@ -799,8 +800,7 @@ def ship(chosen: dict[str, tuple[Path, float]]) -> None:
             held_out_splits = json.loads((run_dir / HELD_OUT_EVAL_NAME).read_text())["splits"]
             held_out = {"data": HELD_OUT_TESTS, "splits": held_out_splits}
             (target / HELD_OUT_EVAL_NAME).write_text(json.dumps(held_out, indent=2) + "\n")
-        siblings = sorted(d for d in run_dir.parent.iterdir() if (d / EVAL_NAME).is_file())
-        recipe_runs = [json.loads((d / EVAL_NAME).read_text())["splits"] for d in siblings]
+        recipe_runs = [result["splits"] for d in sorted(run_dir.parent.iterdir()) if (result := _load(d))]
         card = tensor_card(tensor, evaluation, held_out) + selection_note(run_dir.parent.name, run_dir.name, recipe_runs)
         tensor.save_pretrained(target, card=card)
         (target / EVAL_NAME).write_text(json.dumps(evaluation, indent=2) + "\n")
