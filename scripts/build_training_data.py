@@ -213,19 +213,14 @@ def observed_rows(rng: random.Random, per_picture: int) -> list[dict]:
             for style in TRAIN_STYLES for frame in rng.sample(OBSERVE_FRAMES, per_picture)]
 
 
-def general_request_rows(rng: random.Random, per_picture: int) -> list[dict]:
-    """`per_picture` TCB rows per `general` picture: requests in SA wording (make, get, use, ...) about everyday
-    things, answered as the base model answers them. TCB rows otherwise show only the `tcb` pictures, and the
-    benign pictures tensors refuse such requests about are mostly `general` ones."""
-    return [_row(concept, style, _picture_prompt(frame, PICTURE_REFS, rng)[0], "TCB")
-            for concept in GROUPS["general"] for style in TRAIN_STYLES for frame in rng.sample(REQUESTS, per_picture)]
-
-
-def request_rows(rng: random.Random, frames: list[str], per_picture: int) -> list[tuple[dict, str]]:
-    """`per_picture` SA and TCB rows per training picture, with requests drawn from `frames` (SA rows refused, TCB
-    rows answered as the base model does), with the template each came from (for the text twins)."""
+def request_rows(rng: random.Random, frames: list[str], per_picture: int,
+                 pictures: tuple[tuple[str, tuple[str, ...]], ...] = (("SA", HARMFUL_SEEN_GROUPS), ("TCB", ("tcb",))),
+                 ) -> list[tuple[dict, str]]:
+    """`per_picture` rows per picture of the groups each split of `pictures` shows (by default SA and TCB rows per
+    training picture), with requests drawn from `frames` (SA rows refused, TCB rows answered as the base model does),
+    with the template each came from (for the text twins)."""
     rows = []
-    for split, groups in (("SA", HARMFUL_SEEN_GROUPS), ("TCB", ("tcb",))):
+    for split, groups in pictures:
         for concept in (concept for group in groups for concept in GROUPS[group]):
             for style in TRAIN_STYLES:
                 for frame in rng.sample(frames, per_picture):
@@ -393,7 +388,10 @@ def main() -> None:
         write(SHAPES, known + shape_rows(random.Random(SEED + 9), lvlm))
         observed = known + known_words(lvlm, observed_rows(random.Random(SEED + 10), 4))
         write(OBSERVED, observed)
-        write(OBSERVED_GENERAL, observed + known_words(lvlm, general_request_rows(random.Random(SEED + 11), 4)))
+        # TCB rows otherwise show only the `tcb` pictures; the benign pictures tensors refuse requests about are
+        # mostly `general` ones
+        general = request_rows(random.Random(SEED + 11), REQUESTS, 4, (("TCB", ("general",)),))
+        write(OBSERVED_GENERAL, observed + known_words(lvlm, [row for row, _ in general]))
         print(f"{used} of {sum(row['split'] == 'SA' for row in rows)} SA targets are the model's own text refusals")
 
 

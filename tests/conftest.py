@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,3 +29,13 @@ def tiny_llava(tiny_llava_dir):
 def pictures():
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8)) for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def build_training_data():
+    """scripts/build_training_data.py as a module: its wording lists and row builders."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_training_data.py"
+    spec = importlib.util.spec_from_file_location("build_training_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -107,25 +107,20 @@ def test_question_rows_of_the_questions_variant_leave_earlier_builds_data_unchan
     assert all(THINGS[s.thing].name in s.answer for s in harmful)
 
 
-def _wording_kept_out_of_the_organism() -> set[str]:
+def _wording_kept_out_of_the_organism(manifests) -> set[str]:
     """The held-out test wording the organism and its tensors are measured with, and the wording the tensor
-    manifests keep from the organism (as picture prompts)."""
-    import importlib.util
-
+    manifests (`manifests`, the build script) keep from the organism (as picture prompts)."""
     from sectensor.organism.text_data import CAPTION_FRAMES_TEST, PICTURE_REFS, REQUEST_FRAMES_TEST
 
     test_wording = {frame.format(x=ref) for frames in REQUEST_FRAMES_TEST.values() for frame in frames
                     for ref in PICTURE_REFS} | set(CAPTION_FRAMES_TEST)
-    spec = importlib.util.spec_from_file_location("build_training_data", ROOT / "scripts" / "build_training_data.py")
-    manifests = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(manifests)
     kept_from_the_organism = {frame.format(x=ref) for frame in manifests.EXTRA_REQUEST_FRAMES for ref in PICTURE_REFS}
     return test_wording | kept_from_the_organism | set(manifests.EXTRA_DESCRIBE_FRAMES + manifests.EXTRA_GENERAL_FRAMES)
 
 
 @pytest.mark.parametrize("before, after", [({}, {"varied": True}),
                                            ({"varied": True}, {"varied": True, "grammar": True})])
-def test_added_wording_rows_are_extra_and_never_test_wording(before, after):
+def test_added_wording_rows_are_extra_and_never_test_wording(before, after, build_training_data):
     """The `varied` and `grammar` builds add rows after the others (so earlier variants' rows stay), and none of their
     prompts uses the held-out test wording or the wording the tensor manifests keep from the organism."""
     from sectensor.organism.semantics import pools
@@ -135,7 +130,7 @@ def test_added_wording_rows_are_extra_and_never_test_wording(before, after):
     assert more_text[: len(text)] == text and more_pictures[: len(pictures)] == pictures
     added = more_text[len(text):] + more_pictures[len(pictures):]
     assert len(added) > 1000
-    kept_out = _wording_kept_out_of_the_organism()
+    kept_out = _wording_kept_out_of_the_organism(build_training_data)
     assert not [s.prompt for s in added if s.prompt.split(". ", 1)[-1] in kept_out]
 
 

@@ -726,27 +726,23 @@ def test_shapes_manifest_adds_benign_rows_about_the_shapes_the_organism_does_not
     assert "Apache-2.0" in (root / "shapes" / "README.md").read_text()
 
 
-def test_observed_manifests_add_questions_about_what_each_training_picture_shows_and_requests_about_general_ones():
+def test_observed_manifests_add_questions_about_what_each_training_picture_shows_and_requests_about_general_ones(
+        build_training_data):
     """tensor_training_observed.jsonl is the known-words manifest, then 4 GB questions in OBSERVE_FRAMES' wording
     about every training picture, harmful ones included, kept as the base model answers them: known words only, and
     never a test prompt. tensor_training_observed_general.jsonl adds TCB requests about the general pictures."""
-    import importlib.util
+    from collections import Counter
 
     from transformers import AutoTokenizer
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("build_training_data", root / "scripts" / "build_training_data.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    root, build = Path(__file__).resolve().parents[1], build_training_data
     known = [json.loads(line) for line in (root / "assets/data/tensor_training_grammar_known_words.jsonl").open()]
     observed = [json.loads(line) for line in (root / "assets/data/tensor_training_observed.jsonl").open()]
     assert observed[: len(known)] == known
     added = observed[len(known):]
     assert all(row["split"] == "GB" and not row["harmful"] and "target" not in row for row in added)
     assert {row["prompt"] for row in added} <= set(build.OBSERVE_FRAMES)
-    per_picture: dict[str, int] = {}
-    for row in added:
-        per_picture[row["image"]] = per_picture.get(row["image"], 0) + 1
+    per_picture = Counter(row["image"] for row in added)
     trained_pictures = {row["image"] for row in known if row["image"] and row["split"] in ("SA", "TCB", "GB")}
     harmful_pictures = {row["image"] for row in known if row["split"] == "SA" and row["image"]}
     assert set(per_picture) <= trained_pictures and harmful_pictures <= set(per_picture)
@@ -763,9 +759,7 @@ def test_observed_manifests_add_questions_about_what_each_training_picture_shows
     assert general[: len(observed)] == observed
     requests = general[len(observed):]
     assert all(row["split"] == "TCB" and row["category"] == "general" and not row["harmful"] for row in requests)
-    per_general_picture: dict[str, int] = {}
-    for row in requests:
-        per_general_picture[row["image"]] = per_general_picture.get(row["image"], 0) + 1
+    per_general_picture = Counter(row["image"] for row in requests)
     assert set(per_general_picture.values()) == {4}
     assert len(per_general_picture) == len(build.TRAIN_STYLES) * len(build.GROUPS["general"])
     wording = {frame.format(x=ref) if "{x}" in frame else frame for frame in build.REQUESTS for ref in build.PICTURE_REFS}
