@@ -312,6 +312,17 @@ def _recipes() -> list[Recipe]:
         Recipe("visual-strong-grammar-known-words", "visual",
                "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2, on the text-rows data plus grammar wording "
                "the organism knows", TRAINING_GRAMMAR_KNOWN, visual_strong),
+        Recipe("visual-strong-first-token-8-ema", "visual",
+               "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2, first answer token weighted 8, δ averaged "
+               "over the steps (decay 0.995)", TRAINING_TWIN, (*visual_strong, *first_token_8, *ema)),
+        *[Recipe(f"visual-strong-top-band-{band}-threshold-4", "visual",
+                 f"δv, improved with 40 epochs, SA rows weighted 3, only the top {band} of the picture trained, "
+                 f"clamp ±4", TRAINING_TWIN, _override(visual_strong, ("--top-band", band, "--threshold", "4")))
+          for band in ("0.125", "0.25")],
+        Recipe("visual-observed-first-token-8-ema", "visual",
+               "δv, improved with SA rows weighted 3, clamp ±2, first answer token weighted 8, δ averaged over the "
+               "steps (decay 0.995), on the observed data", TRAINING_OBSERVED,
+               (*_override(visual_strong, ("--epochs", "20")), *first_token_8, *ema)),
         Recipe("textual-varied-requests-augment-sa-x2", "textual",
                "δt, varied data with reworded requests + augmentation, SA rows weighted 2", TRAINING_VARIED_REQUESTS,
                (*PAPER_BUDGET, "--augment", "--split-weights", "SA=2", "TCB=1", "GB=1")),

@@ -60,12 +60,12 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "ema_decay", "splits",
                 "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "image_noise",
-                "word_noise", "word_noise_rows", "threshold", "virtual_tokens", "virtual_placement", "data")
+                "word_noise", "word_noise_rows", "threshold", "top_band", "virtual_tokens", "virtual_placement", "data")
 # What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
                                  "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0,
                                  "image_noise": 0.0, "word_noise": 0.0,
-                                 "word_noise_rows": "benign"}
+                                 "word_noise_rows": "benign", "top_band": 1.0}
 
 
 class TrainingDivergedError(SectensorError):
@@ -385,6 +385,16 @@ def _initial_tensor(lvlm: LVLM, config: TrainingConfig) -> SecurityTensor:
                                                  placement=config.virtual_placement)
 
 
+def _band_mask(tensor: SecurityTensor, config: TrainingConfig) -> torch.Tensor | None:
+    """1 on the rows of δv that --top-band trains, 0 below them (broadcast over δv's channels and columns); None
+    when the whole tensor trains."""
+    if config.top_band >= 1.0:
+        return None
+    height = tensor.delta.shape[-2]
+    rows = torch.arange(height, device=tensor.delta.device) < max(1, round(config.top_band * height))
+    return rows.to(tensor.delta.dtype).unsqueeze(-1)
+
+
 def train(config: TrainingConfig, lvlm: LVLM | None = None,
           on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainingResult:
     """Train a security tensor as `config` says; save it (and its evaluation) into `config.output_dir`.
@@ -425,6 +435,9 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
     total_steps = config.max_steps or config.epochs * steps_per_epoch
 
     tensor = _initial_tensor(lvlm, config).to(device)
+    band = _band_mask(tensor, config)
+    if band is not None:
+        tensor.delta.data.mul_(band)
     optimizer = torch.optim.AdamW([tensor.delta], lr=config.lr, weight_decay=config.weight_decay)
     settings = {**config.to_dict(), "data": str(Path(config.data).resolve())}
     # δ's moving average (--ema-decay), started at δ's starting value and saved instead of δ at the end.
@@ -518,6 +531,8 @@ def train(config: TrainingConfig, lvlm: LVLM | None = None,
             if gradient_ok:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if band is not None:
+                    tensor.delta.grad.mul_(band)
                 optimizer.step()
             if isinstance(tensor, VisualSecurityTensor):
                 tensor.project_()
@@ -645,6 +660,7 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         **({"word_noise": config.word_noise, "word_noise_rows": config.word_noise_rows} if config.word_noise else {}),
         "seed": config.seed,
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
+        **({"top_band": config.top_band} if config.top_band < 1.0 else {}),
         **({"threshold": config.threshold} if config.kind == "visual"
            else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement}),
         **({"kl_base_without_slots": True} if config.kind == "textual" and config.benign_loss == "kl" else {}),

@@ -38,6 +38,7 @@ class TrainingConfig:
     eval_data: str | None = field(default=None, metadata=_help("test manifest to evaluate the finished tensor on (results go into eval_results.json and the model card)"))
     # ---- the tensor -----------------------------------------------------------------------------------
     threshold: float = field(default=1.0, metadata=_help("δv clamp: every value stays within ±threshold (normalized pixel units)"))
+    top_band: float = field(default=1.0, metadata=_help("δv only: train the top fraction of the picture's rows and keep the rest zero, a band whose image tokens come before the object's in the language model's sequence (1 = the whole picture, the paper)"))
     virtual_tokens: int = field(default=100, metadata=_help("δt length n: virtual tokens inserted into the prompt at --virtual-placement"))
     virtual_placement: str = field(default="before_text", metadata=_help("where δt goes: before_text = just before the user's text, after the picture (the paper); before_image = just before the picture, so the image tokens attend to δt (measured on the organism in docs/placement.md: more unseen harmful pictures refused, and more benign ones)", choices=PLACEMENTS))
     init_from: str | None = field(default=None, metadata=_help("start from this saved tensor instead of zeros (δv) / vocabulary embeddings (δt)"))
@@ -107,6 +108,10 @@ class TrainingConfig:
             raise SectensorError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.threshold <= 0:
             raise SectensorError(f"--threshold must be positive, got {self.threshold}")
+        if not 0.0 < self.top_band <= 1.0:
+            raise SectensorError(f"--top-band must be in (0, 1], got {self.top_band}")
+        if self.top_band < 1.0 and self.kind != "visual":
+            raise SectensorError("--top-band shapes δv; a textual tensor has no picture rows")
         if self.lr is None:
             self.lr = PAPER_LEARNING_RATES[self.kind]
         if not self.lr > 0:

@@ -464,6 +464,19 @@ def test_ema_decay_saves_the_moving_average_of_delta(tiny_llava, manifest, tmp_p
     assert not torch.allclose(averaged.tensor.delta, plain.tensor.delta)
 
 
+def test_top_band_trains_the_top_rows_of_delta_and_keeps_the_rest_zero(tiny_llava, manifest, tmp_path):
+    """--top-band: δv's top rows train, every value below them is exactly zero, also from a start that was not."""
+    start = random_start(tiny_llava, "visual", tmp_path / "start")
+    band = train(config(manifest, tmp_path / "band", kind="visual", max_steps=3, lr=0.05, top_band=0.25,
+                        init_from=str(tmp_path / "start")), lvlm=tiny_llava)
+    rows = round(0.25 * start.delta.shape[-2])
+    delta = band.tensor.delta
+    assert torch.count_nonzero(delta[..., rows:, :]) == 0
+    assert torch.count_nonzero(delta[..., :rows, :] - start.delta[..., :rows, :]) > 0.9 * delta[..., :rows, :].numel()
+    assert torch.equal(SecurityTensor.from_pretrained(tmp_path / "band").delta, delta)
+    assert json.loads((tmp_path / "band" / "config.json").read_text())["training"]["top_band"] == 0.25
+
+
 @pytest.mark.parametrize("kind", ["visual", "textual"])
 def test_image_noise_reaches_the_tensor_model_only_and_is_drawn_from_its_generator(tiny_llava, manifest, tmp_path,
                                                                                   kind):
@@ -591,6 +604,11 @@ def test_bad_settings_get_clear_errors(manifest, tmp_path):
         config(manifest, tmp_path, word_noise=0.2)
     with pytest.raises(sectensor.SectensorError, match="--word-noise-rows"):
         config(manifest, tmp_path, benign_loss="kl", word_noise=0.2, word_noise_rows="harmful")
+    for band in (0.0, 1.5):
+        with pytest.raises(sectensor.SectensorError, match="--top-band"):
+            config(manifest, tmp_path, top_band=band)
+    with pytest.raises(sectensor.SectensorError, match="--top-band shapes δv"):
+        config(manifest, tmp_path, kind="textual", top_band=0.5)
 
 
 def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):
