@@ -796,8 +796,9 @@ def selection_note(recipe: str, run: str, recipe_runs: list[dict[str, Any]]) -> 
             f"deviation, %): {'; '.join(means)}. docs/results.md has every recipe over several seeds.\n")
 
 
-def ship(chosen: dict[str, tuple[Path, float]]) -> None:
-    """Copy each chosen tensor into assets/tensors/, with a card holding its measured numbers."""
+def ship(chosen: dict[str, tuple[Path, float]], collected: dict[str, Any]) -> None:
+    """Copy each chosen tensor into assets/tensors/, with a card holding its measured numbers and its recipe's mean
+    over the runs in `collected` (`collect`'s table)."""
     from .card import tensor_card
     from .tensors import SecurityTensor
 
@@ -813,8 +814,9 @@ def ship(chosen: dict[str, tuple[Path, float]]) -> None:
             held_out_splits = json.loads((run_dir / HELD_OUT_EVAL_NAME).read_text())["splits"]
             held_out = {"data": HELD_OUT_TESTS, "splits": held_out_splits}
             (target / HELD_OUT_EVAL_NAME).write_text(json.dumps(held_out, indent=2) + "\n")
-        recipe_runs = [result["splits"] for d in sorted(run_dir.parent.iterdir()) if (result := _load(d))]
-        card = tensor_card(tensor, evaluation, held_out) + selection_note(run_dir.parent.name, run_dir.name, recipe_runs)
+        recipe = run_dir.parent.name  # runs/<recipe>/seed<n>
+        recipe_runs = [result["splits"] for result in collected["table"][recipe]["runs"]]
+        card = tensor_card(tensor, evaluation, held_out) + selection_note(recipe, run_dir.name, recipe_runs)
         tensor.save_pretrained(target, card=card)
         (target / EVAL_NAME).write_text(json.dumps(evaluation, indent=2) + "\n")
 
@@ -856,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     collected = collect(args.runs, recipes, args.seeds)
     chosen = choose(collected)
     if args.ship:
-        ship(chosen)
+        ship(chosen, collected)
     out = write_docs(collected, args.docs, args.seeds, args.cpu_run, chosen)
     print(f"wrote {out}")
     return 0

@@ -903,8 +903,9 @@ def test_shipping_writes_the_held_out_style_into_the_card_and_drops_a_stale_one(
         runs[name] = run_dir
     target = tmp_path / "shipped"
     monkeypatch.setattr(report, "SHIPPED", {"visual": target})
+    collected = {"table": {"recipe": {"runs": [report._load(run_dir) for run_dir in runs.values()]}}}
 
-    report.ship({"visual": (runs["with"], 1.0)})
+    report.ship({"visual": (runs["with"], 1.0)}, collected)
     assert json.loads((target / report.HELD_OUT_EVAL_NAME).read_text()) == {"data": report.HELD_OUT_TESTS,
                                                                             "splits": splits}
     card = (target / "README.md").read_text()
@@ -912,7 +913,7 @@ def test_shipping_writes_the_held_out_style_into_the_card_and_drops_a_stale_one(
     # picked on the test sets it reports: the card says so, with the recipe's mean over its runs (here both runs)
     assert "(recipe, with)" in card and "best of several runs, not what the recipe gives" in card
     assert "over its 2 runs (mean ± standard deviation, %): FRR GBT 25.0 ± 0.0." in card
-    report.ship({"visual": (runs["without"], 1.0)})
+    report.ship({"visual": (runs["without"], 1.0)}, collected)
     assert not (target / report.HELD_OUT_EVAL_NAME).exists()
     assert "drawing style nothing trained on" not in (target / "README.md").read_text()
 
