@@ -248,6 +248,8 @@ def _recipes() -> list[Recipe]:
            for rate in ("0.15", "0.3")},
         "-first-token-8-ema-sa-x2": (", first answer token weighted 8, δ averaged over the steps (decay 0.995), SA rows "
                                      "weighted 2", (*first_token_8, *ema, "--split-weights", "SA=2", "TCB=1", "GB=1")),
+        "-first-token-8-ema-sa-x3": (", first answer token weighted 8, δ averaged over the steps (decay 0.995), SA rows "
+                                     "weighted 3", (*first_token_8, *ema, *sa_x3)),
         "-first-token-8-ema-word-noise-0.15-sa-x2": (
             ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
             "swapped or added with probability 0.15, SA rows weighted 2",
@@ -269,7 +271,8 @@ def _recipes() -> list[Recipe]:
         "textual-observed": ("δt, known-words data plus questions about what each training picture shows, worded as "
                              "someone looking at it", TRAINING_OBSERVED,
                              ("-first-token-8-ema", "-first-token-8-ema-word-noise-0.15",
-                              "-first-token-8-ema-word-noise-0.15-benign-pictures", "-first-token-8-ema-sa-x2")),
+                              "-first-token-8-ema-word-noise-0.15-benign-pictures", "-first-token-8-ema-sa-x2",
+                              "-first-token-8-ema-sa-x3")),
         "textual-observed-general": ("δt, the observed data plus requests in SA wording about the general pictures, "
                                      "answered as the base answers them", TRAINING_OBSERVED_GENERAL,
                                      ("-first-token-8-ema",)),
