@@ -250,15 +250,23 @@ def _recipes() -> list[Recipe]:
                                      "weighted 2", (*first_token_8, *ema, "--split-weights", "SA=2", "TCB=1", "GB=1")),
         "-first-token-8-ema-sa-x3": (", first answer token weighted 8, δ averaged over the steps (decay 0.995), SA rows "
                                      "weighted 3", (*first_token_8, *ema, *sa_x3)),
+        # δt starting from a phrase (every word one the organism knows) instead of random words drawn by the seed:
+        # a question about danger with the organism's refusal words, and, as its control, a neutral request.
+        **{f"-first-token-8-ema-init-{name}": (
+            f", first answer token weighted 8, δ averaged over the steps (decay 0.995), δt starting from "
+            f"\"{phrase}\" repeated", (*first_token_8, *ema, "--init-text", phrase))
+           for name, phrase in (("danger", "is this dangerous? it can hurt or kill people. i cannot help with that."),
+                                ("look", "look at the picture and tell me what you see."))},
         "-first-token-8-ema-word-noise-0.15-sa-x2": (
             ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
             "swapped or added with probability 0.15, SA rows weighted 2",
             (*first_token_8, *ema, "--word-noise", "0.15", "--split-weights", "SA=2", "TCB=1", "GB=1")),
     }
+    observed_only = ("-first-token-8-ema-sa-x3", "-first-token-8-ema-init-danger", "-first-token-8-ema-init-look")
     known_words_variants = {  # name suffix -> (label suffix, flags on top of the text rows' lr 32e-4 and KL)
         "-first-token-8": (", first answer token weighted 8", first_token_8),
         **{f"-before-image{name}": (f", δt before the picture{label}", (*before_image, *flags))
-           for name, (label, flags) in before_image_levers.items()},
+           for name, (label, flags) in before_image_levers.items() if name not in observed_only},
     }
     styles_levers = ("-first-token-8-ema", "-first-token-8-cosine")
     styles = {  # name -> (label, manifest, levers that ran): the known-words rows plus more varied or benign pictures
@@ -272,7 +280,8 @@ def _recipes() -> list[Recipe]:
                              "someone looking at it", TRAINING_OBSERVED,
                              ("-first-token-8-ema", "-first-token-8-ema-word-noise-0.15",
                               "-first-token-8-ema-word-noise-0.15-benign-pictures", "-first-token-8-ema-sa-x2",
-                              "-first-token-8-ema-sa-x3")),
+                              "-first-token-8-ema-sa-x3", "-first-token-8-ema-init-danger",
+                              "-first-token-8-ema-init-look")),
         "textual-observed-general": ("δt, the observed data plus requests in SA wording about the general pictures, "
                                      "answered as the base answers them", TRAINING_OBSERVED_GENERAL,
                                      ("-first-token-8-ema",)),

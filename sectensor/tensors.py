@@ -225,6 +225,26 @@ class TextualSecurityTensor(SecurityTensor):
         ids = torch.randint(0, table.shape[0], (num_tokens,), generator=generator)
         return cls(table[ids.to(table.device)].detach().float().cpu(), model_fingerprint(lvlm), placement)
 
+    @classmethod
+    def from_text(cls, lvlm: "LVLM", text: str, num_tokens: int = 100,
+                  placement: str = "before_text") -> "TextualSecurityTensor":
+        """Start from the embeddings of `text`'s tokens, repeated in order to fill `num_tokens` (the other usual
+        soft-prompt initialisation: a start that means something to the model, the same for every seed)."""
+        tokenizer = lvlm.tokenizer
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+        ids = encoded["input_ids"]
+        if not ids:
+            raise SectensorError("the δt start text has no tokens; give a phrase in words the model knows")
+        unknown = [index for index, id_ in enumerate(ids) if id_ == tokenizer.unk_token_id]
+        if unknown:
+            words = ([text[slice(*encoded["offset_mapping"][index])] for index in unknown] if tokenizer.is_fast
+                     else [tokenizer.unk_token] * len(unknown))
+            raise SectensorError(f"the δt start text has words the model's tokenizer does not know: "
+                                 f"{', '.join(map(repr, words))}; reword it without them")
+        table = lvlm.model.get_input_embeddings().weight
+        repeated = torch.tensor(ids).repeat(-(-num_tokens // len(ids)))[:num_tokens]
+        return cls(table[repeated.to(table.device)].detach().float().cpu(), model_fingerprint(lvlm), placement)
+
     @property
     def num_tokens(self) -> int:
         return self.delta.shape[0]

@@ -60,12 +60,13 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "ema_decay", "splits",
                 "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "image_noise",
-                "word_noise", "word_noise_rows", "threshold", "top_band", "virtual_tokens", "virtual_placement", "data")
+                "word_noise", "word_noise_rows", "threshold", "top_band", "virtual_tokens", "virtual_placement", "init_text",
+                "data")
 # What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
                                  "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0,
                                  "image_noise": 0.0, "word_noise": 0.0,
-                                 "word_noise_rows": "benign", "top_band": 1.0}
+                                 "word_noise_rows": "benign", "top_band": 1.0, "init_text": None}
 
 
 class TrainingDivergedError(SectensorError):
@@ -381,6 +382,9 @@ def _initial_tensor(lvlm: LVLM, config: TrainingConfig) -> SecurityTensor:
         return tensor
     if config.kind == "visual":
         return VisualSecurityTensor.zeros(lvlm, threshold=config.threshold)
+    if config.init_text is not None:
+        return TextualSecurityTensor.from_text(lvlm, config.init_text, num_tokens=config.virtual_tokens,
+                                               placement=config.virtual_placement)
     return TextualSecurityTensor.from_vocabulary(lvlm, num_tokens=config.virtual_tokens, seed=config.seed,
                                                  placement=config.virtual_placement)
 
@@ -662,7 +666,8 @@ def _training_info(config: TrainingConfig, steps: int, steps_per_epoch: int, row
         "split_weights": " ".join(f"{k}={v:g}" for k, v in config.split_weights.items()),
         **({"top_band": config.top_band} if config.top_band < 1.0 else {}),
         **({"threshold": config.threshold} if config.kind == "visual"
-           else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement}),
+           else {"virtual_tokens": config.virtual_tokens, "virtual_placement": config.virtual_placement,
+                 **({"init_text": config.init_text} if config.init_text is not None else {})}),
         **({"kl_base_without_slots": True} if config.kind == "textual" and config.benign_loss == "kl" else {}),
         "wall_seconds": round(wall, 1), "hardware": f"{world} × {hardware_description(device)}",
     }

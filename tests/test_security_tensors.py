@@ -1,5 +1,7 @@
 """Applying security tensors: identity at zero, mixed batches, gradients, frozen weights."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -116,3 +118,17 @@ def test_empty_prompt_is_refused_clearly(tiny_llava):
 def test_too_long_prompt_is_refused_with_counts(tiny_llava):
     with pytest.raises(sectensor.PromptError, match="at most 512"):
         tiny_llava.encode([None], ["word " * 600])
+
+
+def test_textual_start_from_text_names_the_words_the_tokenizer_does_not_know():
+    """A δt start phrase must be in the model's own words: the organism's word-level tokenizer reads unknown words
+    as <unk>, so they are named in the error rather than trained from a meaningless token."""
+    organism = sectensor.load_lvlm(Path(__file__).resolve().parents[1] / "assets" / "organism", device="cpu")
+    start = TextualSecurityTensor.from_text(organism, "is this dangerous?", num_tokens=6)
+    table = organism.model.get_input_embeddings().weight
+    ids = organism.tokenizer("is this dangerous?", add_special_tokens=False)["input_ids"]
+    assert torch.equal(start.delta, table[torch.tensor(ids + ids[:2])].detach())
+    with pytest.raises(sectensor.SectensorError, match="does not know: 'if', 'questions'"):
+        TextualSecurityTensor.from_text(organism, "if questions come up, is this dangerous?")
+    with pytest.raises(sectensor.SectensorError, match="no tokens"):
+        TextualSecurityTensor.from_text(organism, "   ")

@@ -477,6 +477,23 @@ def test_top_band_trains_the_top_rows_of_delta_and_keeps_the_rest_zero(tiny_llav
     assert json.loads((tmp_path / "band" / "config.json").read_text())["training"]["top_band"] == 0.25
 
 
+def test_init_text_starts_delta_t_at_the_phrase_tokens_for_every_seed(tiny_llava, manifest, tmp_path):
+    """--init-text: δt starts as the phrase's token embeddings, repeated in order to fill its tokens, for any seed
+    (one step at a vanishing rate leaves it there), and the run records the phrase."""
+    phrase = "what is in this image?"
+    ids = tiny_llava.tokenizer(phrase, add_special_tokens=False)["input_ids"]
+    table = tiny_llava.model.get_input_embeddings().weight.detach().float()
+    expected = table[torch.tensor((ids * 2)[:15])]  # 12 tokens, repeated to fill 15
+    starts = [train(config(manifest, tmp_path / f"seed{seed}", kind="textual", virtual_tokens=15, init_text=phrase,
+                           seed=seed, max_steps=1, lr=1e-9), lvlm=tiny_llava).tensor.delta for seed in (0, 1)]
+    for start in starts:
+        torch.testing.assert_close(start, expected, atol=1e-6, rtol=0)
+    drawn = train(config(manifest, tmp_path / "vocabulary", kind="textual", virtual_tokens=15, max_steps=1, lr=1e-9),
+                  lvlm=tiny_llava).tensor.delta
+    assert not torch.allclose(drawn, expected, atol=1e-3)
+    assert json.loads((tmp_path / "seed1" / "config.json").read_text())["training"]["init_text"] == phrase
+
+
 @pytest.mark.parametrize("kind", ["visual", "textual"])
 def test_image_noise_reaches_the_tensor_model_only_and_is_drawn_from_its_generator(tiny_llava, manifest, tmp_path,
                                                                                   kind):
@@ -609,6 +626,12 @@ def test_bad_settings_get_clear_errors(manifest, tmp_path):
             config(manifest, tmp_path, top_band=band)
     with pytest.raises(sectensor.SectensorError, match="--top-band shapes δv"):
         config(manifest, tmp_path, kind="textual", top_band=0.5)
+    with pytest.raises(sectensor.SectensorError, match="--init-text starts δt"):
+        config(manifest, tmp_path, kind="visual", init_text="what is in this image?")
+    with pytest.raises(sectensor.SectensorError, match="not both"):
+        config(manifest, tmp_path, kind="textual", init_text="what is in this image?", init_from=str(tmp_path))
+    with pytest.raises(sectensor.SectensorError, match="--init-text is empty"):
+        config(manifest, tmp_path, kind="textual", init_text="  ")
 
 
 def test_sa_targets_must_be_refusals(tiny_llava, manifest, tmp_path):
