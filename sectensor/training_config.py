@@ -42,7 +42,7 @@ class TrainingConfig:
     virtual_tokens: int = field(default=100, metadata=_help("δt length n: virtual tokens inserted into the prompt at --virtual-placement"))
     virtual_placement: str = field(default="before_text", metadata=_help("where δt goes: before_text = just before the user's text, after the picture (the paper); before_image = just before the picture, so the image tokens attend to δt (measured on the organism in docs/placement.md: more unseen harmful pictures refused, and more benign ones)", choices=PLACEMENTS))
     init_from: str | None = field(default=None, metadata=_help("start from this saved tensor instead of zeros (δv) / vocabulary embeddings (δt)"))
-    init_text: str | None = field(default=None, metadata=_help("δt only: start from the embeddings of this phrase's tokens, repeated to fill --virtual-tokens, instead of random vocabulary tokens drawn by --seed (every seed then starts alike; docs/training-levers.md)"))
+    init_text: str | None = field(default=None, metadata=_help("δt only: start from the embeddings of this phrase's tokens, repeated to fill --virtual-tokens, instead of random vocabulary tokens drawn by --seed (every seed then starts alike; on the organism random tokens did better: docs/training-levers.md)"))
     # ---- objective ------------------------------------------------------------------------------------
     benign_loss: str = field(default="ce", metadata=_help("TCB/GB loss: ce = cross-entropy to the base model's greedy answer; kl = KL to its token distributions", choices=BENIGN_LOSSES))
     split_weights: dict[str, float] = field(default_factory=lambda: {"SA": 1.0, "TCB": 1.0, "GB": 1.0}, metadata=_help("loss weight per split, e.g. SA=1 TCB=1 GB=1", nargs="+"))
