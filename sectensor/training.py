@@ -60,8 +60,8 @@ MAX_SKIPPED_IN_A_ROW = 10  # consecutive steps with a non-finite gradient before
 # More epochs or steps may be given, to extend a finished run.
 _RESUME_KEYS = ("kind", "seed", "batch_size", "lr", "lr_schedule", "weight_decay", "ema_decay", "splits",
                 "split_weights", "benign_loss", "first_token_weight", "augment", "augment_colours", "image_noise",
-                "word_noise", "word_noise_rows", "threshold", "top_band", "virtual_tokens", "virtual_placement", "init_text",
-                "data")
+                "word_noise", "word_noise_rows", "threshold", "top_band", "virtual_tokens", "virtual_placement",
+                "init_text", "data")
 # What checkpoints written before a setting existed used.
 _SETTINGS_BEFORE_THEY_EXISTED = {"lr_schedule": "constant", "virtual_placement": "before_text",
                                  "first_token_weight": 1.0, "augment_colours": False, "ema_decay": 0.0,
