@@ -257,12 +257,15 @@ def _recipes() -> list[Recipe]:
             f"\"{phrase}\" repeated", (*first_token_8, *ema, "--init-text", phrase))
            for name, phrase in (("danger", "is this dangerous? it can hurt or kill people. i cannot help with that."),
                                 ("look", "look at the picture and tell me what you see."))},
+        "-first-token-8-ema-40-epochs": (", first answer token weighted 8, δ averaged over the steps (decay 0.995), "
+                                         "40 epochs", (*first_token_8, *ema, "--epochs", "40")),
         "-first-token-8-ema-word-noise-0.15-sa-x2": (
             ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
             "swapped or added with probability 0.15, SA rows weighted 2",
             (*first_token_8, *ema, "--word-noise", "0.15", "--split-weights", "SA=2", "TCB=1", "GB=1")),
     }
-    observed_only = ("-first-token-8-ema-sa-x3", "-first-token-8-ema-init-danger", "-first-token-8-ema-init-look")
+    observed_only = ("-first-token-8-ema-sa-x3", "-first-token-8-ema-init-danger", "-first-token-8-ema-init-look",
+                     "-first-token-8-ema-40-epochs")
     known_words_variants = {  # name suffix -> (label suffix, flags on top of the text rows' lr 32e-4 and KL)
         "-first-token-8": (", first answer token weighted 8", first_token_8),
         **{f"-before-image{name}": (f", δt before the picture{label}", (*before_image, *flags))
@@ -281,7 +284,7 @@ def _recipes() -> list[Recipe]:
                              ("-first-token-8-ema", "-first-token-8-ema-word-noise-0.15",
                               "-first-token-8-ema-word-noise-0.15-benign-pictures", "-first-token-8-ema-sa-x2",
                               "-first-token-8-ema-sa-x3", "-first-token-8-ema-init-danger",
-                              "-first-token-8-ema-init-look")),
+                              "-first-token-8-ema-init-look", "-first-token-8-ema-40-epochs")),
         "textual-observed-general": ("δt, the observed data plus requests in SA wording about the general pictures, "
                                      "answered as the base answers them", TRAINING_OBSERVED_GENERAL,
                                      ("-first-token-8-ema",)),
