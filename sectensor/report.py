@@ -248,6 +248,12 @@ def _recipes() -> list[Recipe]:
            for rate in ("0.15", "0.3")},
         "-first-token-8-ema-sa-x2": (", first answer token weighted 8, δ averaged over the steps (decay 0.995), SA rows "
                                      "weighted 2", (*first_token_8, *ema, "--split-weights", "SA=2", "TCB=1", "GB=1")),
+        "-first-token-8-ema-word-noise-0.15-sa-x2": (
+            ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
+            "swapped or added with probability 0.15, SA rows weighted 2",
+            (*first_token_8, *ema, "--word-noise", "0.15", "--split-weights", "SA=2", "TCB=1", "GB=1")),
+    }
+    observed_levers = {  # as before_image_levers, run on the observed data only
         "-first-token-8-ema-sa-x3": (", first answer token weighted 8, δ averaged over the steps (decay 0.995), SA rows "
                                      "weighted 3", (*first_token_8, *ema, *sa_x3)),
         # δt starting from a phrase (every word one the organism knows) instead of random words drawn by the seed:
@@ -259,19 +265,14 @@ def _recipes() -> list[Recipe]:
                                 ("look", "look at the picture and tell me what you see."))},
         "-first-token-8-ema-40-epochs": (", first answer token weighted 8, δ averaged over the steps (decay 0.995), "
                                          "40 epochs", (*first_token_8, *ema, "--epochs", "40")),
-        "-first-token-8-ema-word-noise-0.15-sa-x2": (
-            ", first answer token weighted 8, δ averaged over the steps (decay 0.995), benign prompts' words dropped, "
-            "swapped or added with probability 0.15, SA rows weighted 2",
-            (*first_token_8, *ema, "--word-noise", "0.15", "--split-weights", "SA=2", "TCB=1", "GB=1")),
     }
-    observed_only = ("-first-token-8-ema-sa-x3", "-first-token-8-ema-init-danger", "-first-token-8-ema-init-look",
-                     "-first-token-8-ema-40-epochs")
     known_words_variants = {  # name suffix -> (label suffix, flags on top of the text rows' lr 32e-4 and KL)
         "-first-token-8": (", first answer token weighted 8", first_token_8),
         **{f"-before-image{name}": (f", δt before the picture{label}", (*before_image, *flags))
-           for name, (label, flags) in before_image_levers.items() if name not in observed_only},
+           for name, (label, flags) in before_image_levers.items()},
     }
     styles_levers = ("-first-token-8-ema", "-first-token-8-cosine")
+    all_levers = {**before_image_levers, **observed_levers}
     styles = {  # name -> (label, manifest, levers that ran): the known-words rows plus more varied or benign pictures
         "textual-styles-all": ("δt, known-words data plus its Noto pictures redrawn in EmojiOne", TRAINING_STYLES_ALL,
                                styles_levers),
@@ -323,8 +324,8 @@ def _recipes() -> list[Recipe]:
         *[Recipe(f"textual-grammar-known-words{name}", "textual", f"{known_words_label}{label}", TRAINING_GRAMMAR_KNOWN,
                  _override(text_rows_kl_lr32, flags)) for name, (label, flags) in known_words_variants.items()],
         *[Recipe(f"{prefix}-before-image{name}", "textual",
-                 f"{label}, lr 32e-4, KL on benign rows, δt before the picture{before_image_levers[name][0]}", data,
-                 _override(text_rows_kl_lr32, (*before_image, *before_image_levers[name][1])))
+                 f"{label}, lr 32e-4, KL on benign rows, δt before the picture{all_levers[name][0]}", data,
+                 _override(text_rows_kl_lr32, (*before_image, *all_levers[name][1])))
           for prefix, (label, data, levers) in styles.items() for name in levers],
         Recipe("visual-strong-grammar-known-words", "visual",
                "δv, improved with 40 epochs, SA rows weighted 3, clamp ±2, on the text-rows data plus grammar wording "

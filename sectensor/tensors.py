@@ -223,7 +223,7 @@ class TextualSecurityTensor(SecurityTensor):
         table = lvlm.model.get_input_embeddings().weight
         generator = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, table.shape[0], (num_tokens,), generator=generator)
-        return cls(table[ids.to(table.device)].detach().float().cpu(), model_fingerprint(lvlm), placement)
+        return cls._from_token_ids(lvlm, ids, placement)
 
     @classmethod
     def from_text(cls, lvlm: "LVLM", text: str, num_tokens: int = 100,
@@ -241,9 +241,14 @@ class TextualSecurityTensor(SecurityTensor):
                      else [tokenizer.unk_token] * len(unknown))
             raise SectensorError(f"the δt start text has words the model's tokenizer does not know: "
                                  f"{', '.join(map(repr, words))}; reword it without them")
-        table = lvlm.model.get_input_embeddings().weight
         repeated = torch.tensor(ids).repeat(-(-num_tokens // len(ids)))[:num_tokens]
-        return cls(table[repeated.to(table.device)].detach().float().cpu(), model_fingerprint(lvlm), placement)
+        return cls._from_token_ids(lvlm, repeated, placement)
+
+    @classmethod
+    def _from_token_ids(cls, lvlm: "LVLM", ids: torch.Tensor, placement: str) -> "TextualSecurityTensor":
+        """δt holding the model's input embeddings of `ids` (num_tokens,), as float32 on the CPU."""
+        table = lvlm.model.get_input_embeddings().weight
+        return cls(table[ids.to(table.device)].detach().float().cpu(), model_fingerprint(lvlm), placement)
 
     @property
     def num_tokens(self) -> int:
