@@ -7,7 +7,8 @@ recognise drawing styles it never trained on; for tensors it is `--augment-colou
 docs/training-levers.md).
 
 Wording noise (`reword`, for `--word-noise`) drops, swaps or adds words of a prompt: every benign-side miss of the
-shipped δt on the organism is a test wording it never trained on, not a drawing style (docs/training-levers.md).
+text-rows δt (`textual-text-rows-lr32e-4-kl`) on the organism is a test wording it never trained on, not a drawing
+style (docs/training-levers.md).
 """
 
 from __future__ import annotations

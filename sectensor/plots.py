@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ def plot_losses(log_path: str | os.PathLike, out_png: str | os.PathLike, title: 
     axis.set_yscale("log")
     axis.grid(alpha=0.3)
     axis.legend()
-    axis.set_title(title or Path(log_path).parent.name)
+    axis.set_title(textwrap.fill(title or Path(log_path).parent.name, 60))  # report run names can be long
     figure.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
