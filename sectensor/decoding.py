@@ -8,9 +8,10 @@ model (image inputs and δt's hook apply as usual), then every new token is one 
     prefill   model(prompt, images)            → key-value cache, logits of the first new token
     step      decoder(token, position, cache)  → logits of the next token
 
-Where the rows begin alike, pictures included (the app's base row and its δt-protected twin), the prefill runs
-their shared tokens once: the longest row whole, then each other row's rest on its own, unpadded, reading the
-shared tokens' keys and values from the longest row's (`_shared_prefix_length`).
+Where the rows begin alike (the app's base row and its δt-protected twin), the prefill runs their shared tokens
+once: the longest row whole, then each other row's rest on its own, unpadded, reading the shared tokens' keys and
+values from the longest row's (`_shared_prefix_length`). The pictures lie in the shared part (δt after them) or
+each in its own row's rest (δt before them).
 
 On GPUs the step is compiled once and captured in a CUDA graph per (batch size, cache size) with its own input
 buffers; the graph also advances the positions, so a step costs the CPU one token copy and one replay, and the
@@ -229,12 +230,14 @@ class _LlamaStep:
 
 
 def _shared_prefix_length(lvlm: LVLM, batch: Batch, tensor, protect) -> int:
-    """How many leading tokens (padding aside) all rows have in common, pictures included, before anything a
-    tensor changes; 0 for batches of more than `_MAX_SHARING_ROWS` rows, or where prefilling the shared tokens once
-    and each row's rest unpadded would not save at least a quarter of the prefill's work.
+    """How many leading tokens (padding aside) all rows have in common before anything a tensor changes; 0 for
+    batches of more than `_MAX_SHARING_ROWS` rows, or where prefilling the shared tokens once and each row's rest
+    unpadded would not save at least a quarter of the prefill's work. Pictures must lie wholly in the shared part
+    (then the same in every row, and no δv) or wholly in the rows' rests (each row's rest is prefilled with its own).
 
-    The app's side-by-side rows with δt are one: the base row and the protected row share the chat prefix and the
-    picture's tokens, and the protected row's δt slots come after them (66 of the organism's 71 and 175 tokens).
+    The app's side-by-side rows with δt are one: the base row and the protected row share the chat prefix and, with
+    δt after the picture, the picture's tokens (66 of the organism's 71 and 175 tokens); with δt before the picture
+    they share the chat prefix only, and the base row's rest runs without the δt row's 100 tokens of padding.
     """
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
@@ -258,16 +261,18 @@ def _shared_prefix_length(lvlm: LVLM, batch: Batch, tensor, protect) -> int:
         shared = min(shared, int(slots[0])) if len(slots) else shared
     if shared == 0:
         return 0
-    if batch.image_rows.numel():  # the pictures must lie wholly in the prefix, be the same, and no δv change them
+    if batch.image_rows.numel():
         image_tokens = lvlm.adapter.image_token_mask(batch.input_ids)
-        if image_tokens is None or (tensor is not None and tensor.kind == "visual"):
+        if image_tokens is None:
             return 0
-        if int(image_tokens.sum()) != size * int(aligned(image_tokens, shared).sum(1)[0]):
-            return 0
-        first = batch.row(0).image_fields
-        if not all(torch.equal(first[name], value) for row in range(1, size)
-                   for name, value in batch.row(row).image_fields.items()):
-            return 0
+        in_shared = int(aligned(image_tokens, shared).sum(1)[0])  # the same in every row: their tokens agree there
+        if in_shared:  # the pictures lie wholly in the shared part, are the same, and no δv changes them
+            if int(image_tokens.sum()) != size * in_shared or (tensor is not None and tensor.kind == "visual"):
+                return 0
+            first = batch.row(0).image_fields
+            if not all(torch.equal(first[name], value) for row in range(1, size)
+                       for name, value in batch.row(row).image_fields.items()):
+                return 0
     separately = shared + sum(count - shared for count in lengths)
     return shared if separately <= 0.75 * size * length else 0
 
@@ -371,11 +376,11 @@ class Decoder:
             kept -= sizes[key]
 
     def _prefill_sharing(self, batch: Batch, tensor, protect, shared: int) -> tuple[torch.Tensor, object, torch.Tensor]:
-        """Prefill the longest row whole, with its pictures, then each other row's rest on its own, unpadded,
-        reading a copy of the longest row's first `shared` keys and values: the shared tokens run once, in one pass
-        a row. Returns the first new token's logits (batch_size, vocab_size), the batch's cache and its mask
-        (batch_size, shared + longest rest), each row's rest left-padded after the shared part:
-        [shared tokens | padding | rest of the row]."""
+        """Prefill the longest row whole, with its pictures, then each other row's rest on its own, unpadded (with
+        its pictures if they lie there), reading a copy of the longest row's first `shared` keys and values: the
+        shared tokens run once, in one pass a row. Returns the first new token's logits (batch_size, vocab_size),
+        the batch's cache and its mask (batch_size, shared + longest rest), each row's rest left-padded after the
+        shared part: [shared tokens | padding | rest of the row]."""
         from transformers import DynamicCache
 
         lvlm, config = self.lvlm, self.lvlm.model.config
@@ -411,8 +416,11 @@ class Decoder:
             else:
                 cache = _dynamic_cache(config, [layer.keys[:, :, :shared] for layer in lead_cache.layers],
                                        [layer.values[:, :, :shared] for layer in lead_cache.layers])
-                logits.append(prefilled(batch.row(row).columns(length - count + shared, None, with_images=False),
-                                        cache, tensor, protected(row)))
+                rest_ids = batch.input_ids[row:row + 1, length - count + shared:]
+                image_tokens = lvlm.adapter.image_token_mask(rest_ids)
+                with_images = image_tokens is not None and bool(image_tokens.any())  # its pictures, if they lie there
+                rest_of_row = batch.row(row).columns(length - count + shared, None, with_images=with_images)
+                logits.append(prefilled(rest_of_row, cache, tensor, protected(row)))
             start = shared + rest - (count - shared)  # where this row's rest begins in the batch's cache
             for layer, key_buffer, value_buffer in zip(cache.layers, keys, values):
                 for buffer, computed in ((key_buffer, layer.keys), (value_buffer, layer.values)):

@@ -13,9 +13,10 @@ from PIL import Image
 import sectensor
 from sectensor import TextualSecurityTensor, VisualSecurityTensor
 from sectensor.adapters import ADAPTERS
+from sectensor.adapters.base import PLACEMENTS
 from sectensor.decoding import Decoder
 from sectensor.lvlm import LVLM
-from sectensor.tensors import CONFIG_NAME, model_fingerprint
+from sectensor.tensors import CONFIG_NAME, model_fingerprint, virtual_slots
 from tiny_families import TINY_BUILDERS
 
 FAMILIES = ["LlavaForConditionalGeneration", *TINY_BUILDERS]
@@ -311,17 +312,21 @@ def test_decoding_loop_gives_generates_tokens(lvlm):
 
 
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
-def test_side_by_side_rows_prefill_their_shared_prefix_once_and_decode_as_alone(lvlm, prompt):
-    """A base row and its δt-protected twin (the app's side by side) share the chat prefix and the picture: the
-    decoding loop prefills those once, in the longest row's pass, and then the other row's rest, unpadded; each row
-    still decodes exactly the tokens it decodes alone."""
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_side_by_side_rows_prefill_their_shared_prefix_once_and_decode_as_alone(lvlm, prompt, placement):
+    """A base row and its δt-protected twin (the app's side by side) share the chat prefix, and the picture when δt
+    comes after it: the decoding loop prefills those once, in the longest row's pass, and then the other row's
+    rest, unpadded, with its picture if it lies there; each row still decodes exactly the tokens it decodes alone."""
     from sectensor.decoding import _shared_prefix_length
 
     if not lvlm.adapter.decodes_with_language_model:
         pytest.skip(f"{lvlm.architecture} decodes with model.generate")
-    tensor = TextualSecurityTensor(torch.randn(12, lvlm.hidden_size, generator=torch.Generator().manual_seed(4)),
-                                   model_fingerprint(lvlm))
-    batch = lvlm.encode([PICTURES[0]] * 2, [prompt] * 2, virtual_tokens=12, protect=[False, True])
+    # Before the picture the rows share only the chat prefix; as many virtual tokens as the base row has make the
+    # padding the other row's pass saves worth sharing for.
+    num_tokens = 12 if placement == "before_text" else lvlm.encode(PICTURES[:1], [prompt]).input_ids.shape[1]
+    values = torch.randn(num_tokens, lvlm.hidden_size, generator=torch.Generator().manual_seed(4))
+    tensor = TextualSecurityTensor(values, model_fingerprint(lvlm), placement)
+    batch = lvlm.encode([PICTURES[0]] * 2, [prompt] * 2, protect=[False, True], **virtual_slots(tensor))
     shared = _shared_prefix_length(lvlm, batch, tensor, [False, True])
     if lvlm.architecture == "Gemma3ForConditionalGeneration":
         assert shared == 0  # its sliding-window layers keep only their last keys: no cache to copy
@@ -339,8 +344,8 @@ def test_side_by_side_rows_prefill_their_shared_prefix_once_and_decode_as_alone(
     assert prefill == (int(shared + (lengths - shared).sum()) if shared else batch.input_ids.numel())
     assert len(embedded) - 11 == (batch.size if shared else 1)  # one pass a row: the longest whole, then the rests
     alone_base = lvlm.decoder.decode(lvlm.encode(PICTURES[:1], [prompt]), None, None, 12, eos_token_id=-1)
-    alone_protected = lvlm.decoder.decode(lvlm.encode(PICTURES[:1], [prompt], virtual_tokens=12), tensor, None, 12,
-                                          eos_token_id=-1)
+    alone_protected = lvlm.decoder.decode(lvlm.encode(PICTURES[:1], [prompt], **virtual_slots(tensor)), tensor, None,
+                                          12, eos_token_id=-1)
     assert together == alone_base + alone_protected
 
 
