@@ -400,6 +400,7 @@ class Decoder:
         def protected(row: int) -> list[bool] | None:
             return None if protect is None else [protect[row]]
 
+        image_tokens = lvlm.adapter.image_token_mask(batch.input_ids)  # (batch_size, length), or None
         # The longest row whole, with its pictures: its first `shared` keys and values are every row's.
         lead = max(range(size), key=lambda row: lengths[row])
         lead_cache = DynamicCache(config=config)
@@ -416,9 +417,8 @@ class Decoder:
             else:
                 cache = _dynamic_cache(config, [layer.keys[:, :, :shared] for layer in lead_cache.layers],
                                        [layer.values[:, :, :shared] for layer in lead_cache.layers])
-                rest_ids = batch.input_ids[row:row + 1, length - count + shared:]
-                image_tokens = lvlm.adapter.image_token_mask(rest_ids)
-                with_images = image_tokens is not None and bool(image_tokens.any())  # its pictures, if they lie there
+                # The row's pictures come along if they lie in its rest (a text-only row has none to bring).
+                with_images = image_tokens is not None and bool(image_tokens[row, length - count + shared:].any())
                 rest_of_row = batch.row(row).columns(length - count + shared, None, with_images=with_images)
                 logits.append(prefilled(rest_of_row, cache, tensor, protected(row)))
             start = shared + rest - (count - shared)  # where this row's rest begins in the batch's cache
