@@ -4,9 +4,9 @@
     python scripts/probe_feature_shift.py measure --tensors assets/tensors/organism-visual runs/feature-shift-s0
     python scripts/probe_feature_shift.py reach --shift runs/feature-shift-s0
 
-δv is added to the pixels, and the vision tower and projector decide what reaches the language model. For families
-whose projector gives (pictures, image tokens, features) with a fixed number of tokens, as LLaVA's does. Two
-measurements separate the language model's part from the vision side's (docs/training-levers.md):
+δv is added to the pixels, and the vision tower and projector decide what reaches the language model. Three
+measurements (for families whose projector gives (pictures, image tokens, features) with a fixed number of
+tokens, as LLaVA's does) separate the language model's part from the vision side's (docs/training-levers.md):
 1. `train`: a shift Δ (image tokens × features) added to every picture's features at `LVLM.image_feature_module`,
    the same for every picture, trained with `train.py`'s objective (SA rows toward their refusal, TCB/GB rows by
    KL toward the base model, the first answer token weighted, geometric augmentation, Δ's moving average), then
