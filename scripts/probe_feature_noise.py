@@ -26,21 +26,16 @@ import sectensor  # noqa: E402
 from sectensor.data import load_manifest, open_image  # noqa: E402
 from sectensor.evaluate import evaluate, format_table  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_feature_shift import captured_features  # noqa: E402
+
 IMAGES = Path(__file__).resolve().parents[1] / "assets" / "images"
 SPLITS = ("caption", "benign_neutral", "harmful_unseen")
 
 
 def picture_features(lvlm: sectensor.LVLM, path: Path) -> torch.Tensor:
     """(tokens, features) of one picture, captured where the language model reads it."""
-    captured = []
-    handle = lvlm.image_feature_module.register_forward_hook(
-        lambda module, args, output: captured.append(output.detach().float()))
-    try:
-        with torch.no_grad(), lvlm.model_inputs(lvlm.encode([open_image(path)], ["what is this?"])) as inputs:
-            lvlm.model(**inputs)
-    finally:
-        handle.remove()
-    return captured[0].reshape(-1, captured[0].shape[-1])
+    return captured_features(lvlm, lvlm.encode([open_image(path)], ["what is this?"]))[0]
 
 
 def relative_distance(features: torch.Tensor, reference: torch.Tensor) -> float:

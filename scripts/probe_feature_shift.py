@@ -52,7 +52,7 @@ def feature_shift(lvlm: sectensor.LVLM, shift: torch.Tensor, only_with_gradients
     def add(module, args, features: torch.Tensor) -> torch.Tensor:
         if only_with_gradients and not torch.is_grad_enabled():
             return features
-        return features + shift.to(features.dtype).reshape(-1, features.shape[-1]).expand_as(features)
+        return features + shift.to(features.dtype)  # (image tokens, features) broadcast over the pictures
 
     handle = lvlm.image_feature_module.register_forward_hook(add)
     try:
