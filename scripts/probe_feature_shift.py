@@ -1,6 +1,8 @@
 """What δv can reach: a shift added where the language model reads the picture, against δv's own shift there.
 
     python scripts/probe_feature_shift.py train --out runs/feature-shift-s0 --seed 0
+    python scripts/probe_feature_shift.py train --out runs/shift-at-embeddings-s0 --seed 0 \
+        --at vision_tower.embeddings --lr 2.3e-2
     python scripts/probe_feature_shift.py measure --tensors assets/tensors/organism-visual runs/feature-shift-s0
     python scripts/probe_feature_shift.py reach --shift runs/feature-shift-s0
 
@@ -12,10 +14,15 @@ tokens, as LLaVA's does) separate the language model's part from the vision side
    KL toward the base model, the first answer token weighted, geometric augmentation, Δ's moving average), then
    evaluated like a tensor on the test manifest. It is what a tensor that shifts every picture alike can do with
    this language model: a bound for δv from the language model's side, not an artifact (no adapter applies it).
+   With `--at` the shift is added earlier on the vision side instead (`hook`): at the patch embeddings' output,
+   where δv's own change arrives (the patch projection is linear), after a vision layer, or at the projector's
+   input; where it stops generalizing to unseen groups is where the vision side turns one shift into a
+   picture-dependent one.
 2. `measure`: for δv tensors (and saved shifts), over the training manifest's pictures, the RMS of the feature
    shift they cause relative to the features' RMS, and the part of it shared by every picture (the mean shift's
    energy over the shift's): a shift the pictures share acts like a prompt, one that depends on the picture can
-   only act on pictures like those it was trained on.
+   only act on pictures like those it was trained on. For a shift of the patch embeddings it also says how much of
+   it any pixel change could make (`pixel_reach`).
 3. `reach`: δv trained to shift every training picture's features by a saved shift (squared error relative to
    the shift's energy, on augmented views): whether the vision tower lets pixels carry it.
 """
@@ -26,11 +33,13 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sectensor  # noqa: E402
@@ -44,21 +53,46 @@ from sectensor.training_config import TrainingConfig  # noqa: E402
 SHIFT_NAME = "feature_shift.safetensors"
 
 
+def hook(lvlm: sectensor.LVLM, place: str | None, change: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Hooks `change` on the features at `place`: the output of a module inside the model (as `named_modules`
+    spells it, e.g. `vision_tower.embeddings`), its first input with `:input` after the name (the vision tower's
+    last hidden state is `multi_modal_projector:input`: hidden states are recorded before a hook on the layer could
+    change them), or by default where the language model reads the pictures. Returns the hook's handle."""
+    if place is None:
+        return lvlm.image_feature_module.register_forward_hook(lambda module, args, output: change(output))
+    name, _, side = place.partition(":")
+    module = getattr(lvlm.model, "model", lvlm.model).get_submodule(name)
+    if side == "input":
+        def on_input(module, args):
+            changed = change(args[0])
+            return None if changed is None else (changed, *args[1:])
+        return module.register_forward_pre_hook(on_input)
+    return module.register_forward_hook(
+        lambda module, args, output: change(output[0] if isinstance(output, tuple) else output))
+
+
 @contextmanager
-def feature_shift(lvlm: sectensor.LVLM, shift: torch.Tensor, only_with_gradients: bool = False):
-    """Within: `shift` (image tokens, features) is added to every picture's features. With `only_with_gradients`
-    it is added only in passes that track gradients, so the objective's base-model pass (run without them) reads
-    the clean pictures."""
-    def add(module, args, features: torch.Tensor) -> torch.Tensor:
+def feature_shift(lvlm: sectensor.LVLM, shift: torch.Tensor, module: str | None = None,
+                  only_with_gradients: bool = False):
+    """Within: `shift` (tokens, features) is added to every picture's features at `module` (`hook`). With
+    `only_with_gradients` it is added only in passes that track gradients, so the objective's base-model pass (run
+    without them) reads the clean pictures."""
+    def add(features: torch.Tensor) -> torch.Tensor:
         if only_with_gradients and not torch.is_grad_enabled():
             return features
-        return features + shift.to(features.dtype)  # (image tokens, features) broadcast over the pictures
+        return features + shift.to(features.dtype)  # (tokens, features) broadcast over the pictures
 
-    handle = lvlm.image_feature_module.register_forward_hook(add)
+    handle = hook(lvlm, module, add)
     try:
         yield
     finally:
         handle.remove()
+
+
+def load_shift(folder: Path) -> tuple[torch.Tensor, str | None]:
+    """A saved shift and the module it is added to (None: where the language model reads the pictures)."""
+    with safe_open(str(folder / SHIFT_NAME), framework="pt") as saved:
+        return saved.get_tensor("shift"), (saved.metadata() or {}).get("module")
 
 
 def train_shift(args: argparse.Namespace) -> None:
@@ -76,12 +110,12 @@ def train_shift(args: argparse.Namespace) -> None:
     lengths, splits = [example.length for example in examples], [example.split for example in examples]
     kl_rows = torch.tensor([split in training.BENIGN_SPLITS for split in splits])
     first_picture = sample_image(next(sample for sample in samples if sample.image))
-    tokens, width = captured_features(lvlm, lvlm.encode([first_picture], ["x"])).shape[1:]
+    tokens, width = captured_features(lvlm, lvlm.encode([first_picture], ["x"]), module=args.at).shape[1:]
     shift = torch.zeros(tokens, width, device=lvlm.device, requires_grad=True)
     average = shift.detach().clone()
     optimizer = torch.optim.AdamW([shift], lr=config.lr, weight_decay=0.0)
     started, step = time.perf_counter(), 0
-    with feature_shift(lvlm, shift, only_with_gradients=True):
+    with feature_shift(lvlm, shift, args.at, only_with_gradients=True):
         for epoch in range(config.epochs):
             for rows in training.epoch_batches(splits, lengths, config.batch_size, config.seed, epoch):
                 batch = training.collate_on_device(lvlm, [examples[index].encoding for index in rows])
@@ -97,8 +131,8 @@ def train_shift(args: argparse.Namespace) -> None:
             print(f"epoch {epoch + 1}: loss {losses.mean().item():.4f}, shift RMS {shift.pow(2).mean().sqrt().item():.4f}",
                   flush=True)
     wall = time.perf_counter() - started
-    save_file({"shift": average.cpu()}, str(out / SHIFT_NAME))
-    with feature_shift(lvlm, average):
+    save_file({"shift": average.cpu()}, str(out / SHIFT_NAME), metadata={"module": args.at} if args.at else None)
+    with feature_shift(lvlm, average, args.at):
         result = evaluate(lvlm, load_manifest(args.eval_data), None, batch_size=64, progress=False)
     (out / training.EVAL_NAME).write_text(json.dumps({**result, "training_seconds": round(wall, 1), "steps": step},
                                                      indent=1) + "\n")
@@ -106,12 +140,12 @@ def train_shift(args: argparse.Namespace) -> None:
 
 
 def features_with_gradients(lvlm: sectensor.LVLM, batch: sectensor.Batch,
-                            tensor: SecurityTensor | None = None) -> torch.Tensor:
-    """(pictures, image tokens, features) of `batch`'s pictures where the language model reads them (the rest of
-    the model runs too: the features are taken from the full forward pass every family supports)."""
+                            tensor: SecurityTensor | None = None, module: str | None = None) -> torch.Tensor:
+    """(pictures, tokens, features) of `batch`'s pictures at `module` (`hook`; by default where the language
+    model reads them). The rest of the model runs too: the features are taken from the full forward
+    pass every family supports."""
     captured = []
-    handle = lvlm.image_feature_module.register_forward_hook(
-        lambda module, args, output: captured.append(output.float()))
+    handle = hook(lvlm, module, lambda features: captured.append(features.float()))
     try:
         with lvlm.model_inputs(batch, tensor) as inputs:
             lvlm.model(**inputs)
@@ -120,9 +154,10 @@ def features_with_gradients(lvlm: sectensor.LVLM, batch: sectensor.Batch,
     return captured[0].reshape(batch.size, -1, captured[0].shape[-1])
 
 
-def captured_features(lvlm: sectensor.LVLM, batch: sectensor.Batch, tensor: SecurityTensor | None = None) -> torch.Tensor:
+def captured_features(lvlm: sectensor.LVLM, batch: sectensor.Batch, tensor: SecurityTensor | None = None,
+                      module: str | None = None) -> torch.Tensor:
     with torch.no_grad():
-        return features_with_gradients(lvlm, batch, tensor)
+        return features_with_gradients(lvlm, batch, tensor, module)
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -135,18 +170,38 @@ def measure(args: argparse.Namespace) -> None:
     for source in args.tensors:
         path = Path(source)
         if (path / SHIFT_NAME).is_file():
-            moved = clean + load_file(str(path / SHIFT_NAME))["shift"].to(clean.device)
+            saved, module = load_shift(path)
+            with feature_shift(lvlm, saved.to(lvlm.device), module):
+                moved = captured_features(lvlm, batch)
+            note = pixel_reach(lvlm, saved, module) if module is not None and module.endswith("embeddings") else ""
         else:
-            moved = captured_features(lvlm, batch, SecurityTensor.from_pretrained(path).to(lvlm.device))
+            moved, note = captured_features(lvlm, batch, SecurityTensor.from_pretrained(path).to(lvlm.device)), ""
         shift = moved - clean
         shared = shift.mean(0).pow(2).sum() / shift.pow(2).mean(0).sum()
         print(f"{source}: shift RMS {(shift.pow(2).mean() / scale).sqrt().item():.3f} of the features', "
-              f"{100 * shared.item():.1f} % of its energy shared by every picture")
+              f"{100 * shared.item():.1f} % of its energy shared by every picture" + (f"\n{note}" if note else ""))
+
+
+def pixel_reach(lvlm: sectensor.LVLM, shift: torch.Tensor, module: str) -> str:
+    """How much of a shift of the patch embeddings (class token first, then one row a patch) a pixel change could
+    make: the patch projection is linear, so the best pixels for each patch solve a least-squares problem."""
+    projection = getattr(lvlm.model, "model", lvlm.model).get_submodule(module).patch_embedding.weight.detach()
+    weights = projection.reshape(projection.shape[0], -1).double().cpu()  # (features, channels · patch²)
+    patches = shift[1:].double()  # (patches, features): the class token comes first
+    pixels = torch.linalg.lstsq(weights, patches.T).solution  # (channels · patch², patches)
+    outside = (patches - (weights @ pixels).T).pow(2).sum() / patches.pow(2).sum()
+    return (f"  {100 * shift[0].pow(2).sum().item() / shift.pow(2).sum().item():.1f} % of its energy on the class "
+            f"token (no pixel reaches it), {100 * outside.item():.1f} % of the patches' outside what pixels can "
+            f"make; the rest needs pixel changes of RMS {pixels.pow(2).mean().sqrt().item():.2f}, largest "
+            f"{pixels.abs().max().item():.2f}")
 
 
 def reach(args: argparse.Namespace) -> None:
     lvlm = sectensor.load_lvlm(args.model, dtype=torch.float32)
-    target = load_file(str(Path(args.shift) / SHIFT_NAME))["shift"].to(lvlm.device)
+    target, module = load_shift(Path(args.shift))
+    if module is not None:
+        sys.exit(f"reach: {args.shift} shifts {module}; reach fits shifts where the language model reads the pictures")
+    target = target.to(lvlm.device)
     pictures = {sample.image: sample for sample in load_manifest(args.data) if sample.image}
     batch = lvlm.encode([sample_image(sample) for sample in pictures.values()], ["what is this?"] * len(pictures))
     tensor = VisualSecurityTensor.zeros(lvlm, threshold=args.threshold).to(lvlm.device)
@@ -178,7 +233,9 @@ def main() -> None:
     train.add_argument("--eval-data", default="assets/data/tensor_tests.jsonl")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=5e-3)
+    train.add_argument("--lr", type=float, default=5e-3, help="about 5 %% of the shifted features' RMS")
+    train.add_argument("--at", help="add the shift to this module's output instead (a name inside the model, "
+                       "e.g. vision_tower.embeddings): where on the vision side a shared shift stops carrying")
     train.add_argument("--first-token-weight", type=float, default=8.0)
     train.add_argument("--ema-decay", type=float, default=0.995)
     train.add_argument("--seed", type=int, default=0)
