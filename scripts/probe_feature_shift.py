@@ -21,8 +21,10 @@ tokens, as LLaVA's does) separate the language model's part from the vision side
 2. `measure`: for δv tensors (and saved shifts), over the training manifest's pictures, the RMS of the feature
    shift they cause relative to the features' RMS, and the part of it shared by every picture (the mean shift's
    energy over the shift's): a shift the pictures share acts like a prompt, one that depends on the picture can
-   only act on pictures like those it was trained on. For a shift of the patch embeddings it also says how much of
-   it any pixel change could make (`pixel_reach`).
+   only act on pictures like those it was trained on. `--at` measures at another place instead (what share of the
+   clean values is above zero there, and which ones the shift takes above zero in some pictures and in nearly all:
+   before an activation, the units it turns on, for every picture alike or picture by picture). For a shift of the patch embeddings it also says how much of it any pixel change could make
+   (`pixel_reach`).
 3. `reach`: δv trained to shift every training picture's features by a saved shift (squared error relative to
    the shift's energy, on augmented views): whether the vision tower lets pixels carry it.
 """
@@ -164,22 +166,27 @@ def measure(args: argparse.Namespace) -> None:
     lvlm = sectensor.load_lvlm(args.model, dtype=torch.float32)
     pictures = {sample.image: sample for sample in load_manifest(args.data) if sample.image}
     batch = lvlm.encode([sample_image(sample) for sample in pictures.values()], ["what is this?"] * len(pictures))
-    clean = captured_features(lvlm, batch)
+    clean = captured_features(lvlm, batch, module=args.at)
     scale = clean.pow(2).mean()
-    print(f"{len(pictures)} pictures of {args.data}; features' RMS {scale.sqrt().item():.4f}")
+    print(f"{len(pictures)} pictures of {args.data}, at {args.at or 'the projector'}: features' RMS "
+          f"{scale.sqrt().item():.4f}, {100 * (clean > 0).float().mean().item():.1f} % of them above zero")
     for source in args.tensors:
         path = Path(source)
         if (path / SHIFT_NAME).is_file():
             saved, module = load_shift(path)
             with feature_shift(lvlm, saved.to(lvlm.device), module):
-                moved = captured_features(lvlm, batch)
+                moved = captured_features(lvlm, batch, module=args.at)
             note = pixel_reach(lvlm, saved, module) if module is not None and module.endswith("embeddings") else ""
         else:
-            moved, note = captured_features(lvlm, batch, SecurityTensor.from_pretrained(path).to(lvlm.device)), ""
+            tensor = SecurityTensor.from_pretrained(path).to(lvlm.device)
+            moved, note = captured_features(lvlm, batch, tensor, module=args.at), ""
         shift = moved - clean
         shared = shift.mean(0).pow(2).sum() / shift.pow(2).mean(0).sum()
+        turned_on = ((moved > 0) & (clean <= 0)).float().mean(0)  # (tokens, features): share of pictures
         print(f"{source}: shift RMS {(shift.pow(2).mean() / scale).sqrt().item():.3f} of the features', "
-              f"{100 * shared.item():.1f} % of its energy shared by every picture" + (f"\n{note}" if note else ""))
+              f"{100 * shared.item():.1f} % of its energy shared by every picture; it takes "
+              f"{int((turned_on > 0).sum())} (token, feature) values above zero in some picture, "
+              f"{int((turned_on >= 0.9).sum())} in at least 90 % of them" + (f"\n{note}" if note else ""))
 
 
 def pixel_reach(lvlm: sectensor.LVLM, shift: torch.Tensor, module: str) -> str:
@@ -243,6 +250,9 @@ def main() -> None:
     measured = commands.add_parser("measure", help="how much of each tensor's feature shift every picture shares")
     measured.add_argument("--tensors", nargs="+", required=True, help="δv tensor folders, or folders of `train`")
     measured.add_argument("--data", default="assets/data/tensor_training_observed.jsonl")
+    measured.add_argument("--at", help="measure the shifts at this place (as `train --at` names it) instead of "
+                          "where the language model reads the pictures: where along the vision side they stop being "
+                          "shared (at a layer before an activation, values above zero are the units a picture turns on)")
     measured.set_defaults(run=measure)
     reached = commands.add_parser("reach", help="train δv to shift every picture's features by a saved shift")
     reached.add_argument("--shift", required=True, help="a folder of `train`")
