@@ -179,6 +179,8 @@ def measure(args: argparse.Namespace) -> None:
             note = pixel_reach(lvlm, saved, module) if module is not None and module.endswith("embeddings") else ""
         else:
             tensor = SecurityTensor.from_pretrained(path).to(lvlm.device)
+            if not isinstance(tensor, VisualSecurityTensor):
+                sys.exit(f"measure: {source} is a {tensor.kind} tensor; it measures δv tensors and saved shifts")
             moved, note = captured_features(lvlm, batch, tensor, module=args.at), ""
         shift = moved - clean
         shared = shift.mean(0).pow(2).sum() / shift.pow(2).mean(0).sum()
