@@ -23,8 +23,8 @@ tokens, as LLaVA's does) separate the language model's part from the vision side
    energy over the shift's): a shift the pictures share acts like a prompt, one that depends on the picture can
    only act on pictures like those it was trained on. `--at` measures at another place instead (what share of the
    clean values is above zero there, and which ones the shift takes above zero in some pictures and in nearly all:
-   before an activation, the units it turns on, for every picture alike or picture by picture). For a shift of the patch embeddings it also says how much of it any pixel change could make
-   (`pixel_reach`).
+   before an activation, the units it turns on, for every picture alike or picture by picture). For a shift of the
+   patch embeddings it also says how much of it any pixel change could make (`pixel_reach`).
 3. `reach`: δv trained to shift every training picture's features by a saved shift (squared error relative to
    the shift's energy, on augmented views): whether the vision tower lets pixels carry it.
 """
@@ -183,6 +183,9 @@ def measure(args: argparse.Namespace) -> None:
                 sys.exit(f"measure: {source} is a {tensor.kind} tensor; it measures δv tensors and saved shifts")
             moved, note = captured_features(lvlm, batch, tensor, module=args.at), ""
         shift = moved - clean
+        if not shift.any():
+            print(f"{source}: no change at {args.at} (the shift is added after it)")
+            continue
         shared = shift.mean(0).pow(2).sum() / shift.pow(2).mean(0).sum()
         turned_on = ((moved > 0) & (clean <= 0)).float().mean(0)  # (tokens, features): share of pictures
         print(f"{source}: shift RMS {(shift.pow(2).mean() / scale).sqrt().item():.3f} of the features', "
@@ -243,8 +246,9 @@ def main() -> None:
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=5e-3, help="about 5 %% of the shifted features' RMS")
-    train.add_argument("--at", help="add the shift to this module's output instead (a name inside the model, "
-                       "e.g. vision_tower.embeddings): where on the vision side a shared shift stops carrying")
+    train.add_argument("--at", help="add the shift to this module's output instead (a name inside the model, e.g. "
+                       "vision_tower.embeddings; NAME:input for its first input): where on the vision side a shared "
+                       "shift stops carrying")
     train.add_argument("--first-token-weight", type=float, default=8.0)
     train.add_argument("--ema-decay", type=float, default=0.995)
     train.add_argument("--seed", type=int, default=0)
@@ -254,7 +258,7 @@ def main() -> None:
     measured.add_argument("--data", default="assets/data/tensor_training_observed.jsonl")
     measured.add_argument("--at", help="measure the shifts at this place (as `train --at` names it) instead of "
                           "where the language model reads the pictures: where along the vision side they stop being "
-                          "shared (at a layer before an activation, values above zero are the units a picture turns on)")
+                          "shared (before an activation, values above zero are the units a picture turns on)")
     measured.set_defaults(run=measure)
     reached = commands.add_parser("reach", help="train δv to shift every picture's features by a saved shift")
     reached.add_argument("--shift", required=True, help="a folder of `train`")
