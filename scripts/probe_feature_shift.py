@@ -55,6 +55,17 @@ from sectensor.training_config import TrainingConfig  # noqa: E402
 SHIFT_NAME = "feature_shift.safetensors"
 
 
+def model_module(lvlm: sectensor.LVLM, name: str) -> torch.nn.Module:
+    """A module inside the model, named as `named_modules` spells it (as `LVLM.image_feature_module` finds its own)."""
+    return getattr(lvlm.model, "model", lvlm.model).get_submodule(name)
+
+
+def training_pictures(lvlm: sectensor.LVLM, data: str) -> sectensor.Batch:
+    """Every distinct picture of the manifest `data`, each with one neutral question, in one batch."""
+    pictures = {sample.image: sample for sample in load_manifest(data) if sample.image}
+    return lvlm.encode([sample_image(sample) for sample in pictures.values()], ["what is this?"] * len(pictures))
+
+
 def hook(lvlm: sectensor.LVLM, place: str | None, change: Callable[[torch.Tensor], torch.Tensor | None]):
     """Hooks `change` on the features at `place`: the output of a module inside the model (as `named_modules`
     spells it, e.g. `vision_tower.embeddings`), its first input with `:input` after the name (the vision tower's
@@ -63,7 +74,7 @@ def hook(lvlm: sectensor.LVLM, place: str | None, change: Callable[[torch.Tensor
     if place is None:
         return lvlm.image_feature_module.register_forward_hook(lambda module, args, output: change(output))
     name, _, side = place.partition(":")
-    module = getattr(lvlm.model, "model", lvlm.model).get_submodule(name)
+    module = model_module(lvlm, name)
     if side == "input":
         def on_input(module, args):
             changed = change(args[0])
@@ -164,11 +175,10 @@ def captured_features(lvlm: sectensor.LVLM, batch: sectensor.Batch, tensor: Secu
 
 def measure(args: argparse.Namespace) -> None:
     lvlm = sectensor.load_lvlm(args.model, dtype=torch.float32)
-    pictures = {sample.image: sample for sample in load_manifest(args.data) if sample.image}
-    batch = lvlm.encode([sample_image(sample) for sample in pictures.values()], ["what is this?"] * len(pictures))
+    batch = training_pictures(lvlm, args.data)
     clean = captured_features(lvlm, batch, module=args.at)
     scale = clean.pow(2).mean()
-    print(f"{len(pictures)} pictures of {args.data}, at {args.at or 'the projector'}: features' RMS "
+    print(f"{batch.size} pictures of {args.data}, at {args.at or 'the projector'}: features' RMS "
           f"{scale.sqrt().item():.4f}, {100 * (clean > 0).float().mean().item():.1f} % of them above zero")
     for source in args.tensors:
         path = Path(source)
@@ -176,7 +186,8 @@ def measure(args: argparse.Namespace) -> None:
             saved, module = load_shift(path)
             with feature_shift(lvlm, saved.to(lvlm.device), module):
                 moved = captured_features(lvlm, batch, module=args.at)
-            note = pixel_reach(lvlm, saved, module) if module is not None and module.endswith("embeddings") else ""
+            embeddings = model_module(lvlm, module) if module is not None and ":" not in module else None
+            note = pixel_reach(embeddings, saved) if hasattr(embeddings, "patch_embedding") else ""
         else:
             tensor = SecurityTensor.from_pretrained(path).to(lvlm.device)
             if not isinstance(tensor, VisualSecurityTensor):
@@ -194,10 +205,10 @@ def measure(args: argparse.Namespace) -> None:
               f"{int((turned_on >= 0.9).sum())} in at least 90 % of them" + (f"\n{note}" if note else ""))
 
 
-def pixel_reach(lvlm: sectensor.LVLM, shift: torch.Tensor, module: str) -> str:
+def pixel_reach(embeddings: torch.nn.Module, shift: torch.Tensor) -> str:
     """How much of a shift of the patch embeddings (class token first, then one row a patch) a pixel change could
     make: the patch projection is linear, so the best pixels for each patch solve a least-squares problem."""
-    projection = getattr(lvlm.model, "model", lvlm.model).get_submodule(module).patch_embedding.weight.detach()
+    projection = embeddings.patch_embedding.weight.detach()
     weights = projection.reshape(projection.shape[0], -1).double().cpu()  # (features, channels · patch²)
     patches = shift[1:].double()  # (patches, features): the class token comes first
     pixels = torch.linalg.lstsq(weights, patches.T).solution  # (channels · patch², patches)
@@ -214,8 +225,7 @@ def reach(args: argparse.Namespace) -> None:
     if module is not None:
         sys.exit(f"reach: {args.shift} shifts {module}; reach fits shifts where the language model reads the pictures")
     target = target.to(lvlm.device)
-    pictures = {sample.image: sample for sample in load_manifest(args.data) if sample.image}
-    batch = lvlm.encode([sample_image(sample) for sample in pictures.values()], ["what is this?"] * len(pictures))
+    batch = training_pictures(lvlm, args.data)
     tensor = VisualSecurityTensor.zeros(lvlm, threshold=args.threshold).to(lvlm.device)
     optimizer = torch.optim.AdamW([tensor.delta], lr=args.lr, weight_decay=0.0)
     energy = target.pow(2).mean()
