@@ -1,6 +1,7 @@
 """Whether δv carries further through a linear projector: the organism with its projector made linear.
 
     python scripts/probe_linear_projector.py --out runs/linear-projector-organism
+    python scripts/probe_linear_projector.py --out runs/linear-projector-distilled --distill-steps 300
     python train.py --model runs/linear-projector-organism --kind visual ...   # then any tensor recipe on it
 
 The organism's projector (LLaVA's MLP, 256 -> 384 -> GELU -> 384) is a sparse gate: 0.5 % of its hidden values are
@@ -8,22 +9,31 @@ above zero, and δv's change, mostly shared by every picture up to the projector
 (docs/training-levers.md, "Where on the vision side one shift stops carrying"). This writes a copy of the model whose
 projector is the least-squares linear map from the vision features to the old projector's output, fitted over
 augmented views of every concept in the training styles (`projector_hidden_act="linear"`, the map in `linear_1`,
-`linear_2` the identity). The vision tower and the language model are the same weights, so the copy differs from the
-organism in the projector alone: measure the copy's base first (its answers follow the old projector only as far as
-the fit does), then train tensors on it as on any model.
+`linear_2` the identity). With `--distill-steps` the map is then trained, alone, toward the organism's own
+next-token distributions on its own picture training rows (`text_data.picture_pool`: training wording, training
+styles, augmented), since a least-squares fit of the features follows the old projector's answers only so far. The
+vision tower and the language model are the same weights, so the copy differs from the organism in the projector
+alone: measure the copy's base first, then train tensors on it as on any model. `linear_projector.json` in the
+output folder records the fit and the distillation's losses.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sectensor.concepts import CONCEPTS, TRAINING_STYLES  # noqa: E402
+from sectensor.organism.model import forward  # noqa: E402
+from sectensor.organism.processor import num_image_tokens  # noqa: E402
+from sectensor.organism.text_data import picture_pool  # noqa: E402
 from sectensor.organism.vision_data import augment, load_styles, normalize, on_white  # noqa: E402
 
 NOT_COPIED = {"model.safetensors", "config.json", "README.md", "build_info.json", "train_log.jsonl"}
@@ -53,12 +63,77 @@ def fit_linear(features: torch.Tensor, outputs: torch.Tensor) -> tuple[torch.Ten
     return solution[:-1].T.float(), solution[-1].float(), float(explained)
 
 
+def picture_rows(tokenizer, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The organism's own picture training rows (`text_data.picture_pool`, its training wording only): concept names,
+    right-padded ids `(N, T)` of prompt + answer with the 64 image tokens in place, the attention mask, and the mask
+    of the positions that predict answer tokens."""
+    samples = picture_pool(random.Random(seed))
+    rows, predicts = [], []
+    for sample in samples:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.prompt}]}],
+            add_generation_prompt=True, tokenize=False).replace("<image>", "<image>" * num_image_tokens())
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(sample.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt_ids + answer_ids)
+        predicts.append(range(len(prompt_ids) - 1, len(prompt_ids) + len(answer_ids) - 1))
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    attention, answer = torch.zeros(len(rows), length, dtype=torch.long), torch.zeros(len(rows), length, dtype=torch.bool)
+    for index, (row, positions) in enumerate(zip(rows, predicts)):
+        ids[index, : len(row)] = torch.tensor(row)
+        attention[index, : len(row)] = 1
+        answer[index, list(positions)] = True
+    return [sample.thing for sample in samples], ids, attention, answer
+
+
+def distill(student, teacher, tokenizer, steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
+    """Trains the student's linear projector alone toward the teacher's next-token distributions (KL at the answer
+    positions) on augmented views of the organism's own picture rows; returns the loss every 50 steps."""
+    names, ids, attention, answer = picture_rows(tokenizer, seed)
+    slug = {concept.name: index for index, concept in enumerate(CONCEPTS)}
+    device = student.device
+    ids, attention, answer = ids.to(device), attention.to(device), answer.to(device)
+    rgba = load_styles([concept.name for concept in CONCEPTS], TRAINING_STYLES).to(device)  # (C, S, 4, 64, 64)
+    concept_of_row = torch.tensor([slug[name] for name in names], device=device)
+    projector = student.model.multi_modal_projector.linear_1
+    for parameter in student.parameters():
+        parameter.requires_grad_(False)
+    projector.weight.requires_grad_(True)
+    projector.bias.requires_grad_(True)
+    optimizer = torch.optim.AdamW([projector.weight, projector.bias], lr=lr, weight_decay=0.0)
+    generator = torch.Generator(device).manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        rows = torch.randint(len(ids), (batch_size,), generator=generator, device=device)
+        styles = torch.randint(len(TRAINING_STYLES), (batch_size,), generator=generator, device=device)
+        pixels = normalize(augment(rgba[concept_of_row[rows], styles], generator))
+        length = int(attention[rows].sum(1).max())
+        inputs = ids[rows, :length], attention[rows, :length]
+        with torch.no_grad():
+            target = forward(teacher, *inputs, pixels)[0][answer[rows, :length]].log_softmax(-1)
+        logits = forward(student, *inputs, pixels)[0][answer[rows, :length]]
+        loss = F.kl_div(logits.log_softmax(-1), target, log_target=True, reduction="batchmean")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 or step == steps - 1:
+            losses.append(round(loss.item(), 4))
+            print(f"distill step {step}: KL {loss.item():.4f}", flush=True)
+    return losses
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="assets/organism")
     parser.add_argument("--out", required=True)
     parser.add_argument("--views", type=int, default=12, help="views of each picture (the first one clean)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distill-steps", type=int, default=0,
+                        help="then train the linear map toward the organism's answers on its own picture rows")
+    parser.add_argument("--distill-batch-size", type=int, default=32)
+    parser.add_argument("--distill-lr", type=float, default=2e-5)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     from transformers import LlavaForConditionalGeneration
@@ -75,12 +150,23 @@ def main() -> None:
         projector.linear_2.weight.copy_(torch.eye(projector.linear_2.out_features))
         projector.linear_2.bias.zero_()
     model.config.projector_hidden_act = "linear"
+    record = {"image_tokens": len(features), "explained_variance": round(explained, 4), "distill_steps": args.distill_steps}
+    if args.distill_steps:
+        from transformers import AutoTokenizer
+
+        teacher = LlavaForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).to(args.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model.model.multi_modal_projector.act = torch.nn.Identity()
+        model.to(args.device)
+        record["distill_kl_every_50_steps"] = distill(model, teacher, tokenizer, args.distill_steps,
+                                                      args.distill_batch_size, args.distill_lr, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for file in Path(args.model).iterdir():  # processor, tokenizer, chat template; not the organism's card or logs
         if file.is_file() and file.name not in NOT_COPIED:
             shutil.copy2(file, out / file.name)
-    model.save_pretrained(out)
+    model.to("cpu").save_pretrained(out)
+    (out / "linear_projector.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"{len(features)} image tokens; the linear map explains {100 * explained:.1f} % of the projector output's "
           f"variance; wrote {args.out}")
 
