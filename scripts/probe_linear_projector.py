@@ -91,11 +91,11 @@ def distill(student, teacher, tokenizer, steps: int, batch_size: int, lr: float,
     """Trains the student's linear projector alone toward the teacher's next-token distributions (KL at the answer
     positions) on augmented views of the organism's own picture rows; returns the loss every 50 steps."""
     names, ids, attention, answer = picture_rows(tokenizer, seed)
-    slug = {concept.name: index for index, concept in enumerate(CONCEPTS)}
+    index_of = {concept.name: index for index, concept in enumerate(CONCEPTS)}
     device = student.device
     ids, attention, answer = ids.to(device), attention.to(device), answer.to(device)
     rgba = load_styles([concept.name for concept in CONCEPTS], TRAINING_STYLES).to(device)  # (C, S, 4, 64, 64)
-    concept_of_row = torch.tensor([slug[name] for name in names], device=device)
+    concept_of_row = torch.tensor([index_of[name] for name in names], device=device)
     projector = student.model.multi_modal_projector.linear_1
     for parameter in student.parameters():
         parameter.requires_grad_(False)
