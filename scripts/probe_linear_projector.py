@@ -20,6 +20,7 @@ output folder records the fit and the distillation's losses.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import shutil
@@ -141,6 +142,7 @@ def main() -> None:
     model = LlavaForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     if model.config.projector_hidden_act == "linear":
         sys.exit(f"{args.model}: its projector is linear already")
+    teacher = copy.deepcopy(model) if args.distill_steps else None  # the organism as it was, for the distillation
     features, outputs = projector_pairs(model, args.views, args.seed)
     weight, bias, explained = fit_linear(features, outputs)
     projector = model.model.multi_modal_projector
@@ -150,15 +152,14 @@ def main() -> None:
         projector.linear_2.weight.copy_(torch.eye(projector.linear_2.out_features))
         projector.linear_2.bias.zero_()
     model.config.projector_hidden_act = "linear"
+    projector.act = torch.nn.Identity()  # what the saved config builds
     record = {"image_tokens": len(features), "explained_variance": round(explained, 4), "distill_steps": args.distill_steps}
     if args.distill_steps:
         from transformers import AutoTokenizer
 
-        teacher = LlavaForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).to(args.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model.model.multi_modal_projector.act = torch.nn.Identity()
         model.to(args.device)
-        record["distill_kl_every_50_steps"] = distill(model, teacher, tokenizer, args.distill_steps,
+        record["distill_kl_every_50_steps"] = distill(model, teacher.to(args.device), tokenizer, args.distill_steps,
                                                       args.distill_batch_size, args.distill_lr, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
