@@ -410,7 +410,8 @@ def _cache_key(lvlm: "LVLM", tensor: "SecurityTensor | None") -> tuple:
     if tensor is not None:
         values = tensor.delta.detach().float().cpu().contiguous()
         tensor_digest = (tensor.kind, tuple(values.shape), hashlib.sha256(values.numpy().tobytes()).hexdigest())
-    return (lvlm.name_or_path, model["config_hash"], model["weights_hash"], str(lvlm.device), tensor_digest)
+    return (lvlm.name_or_path, model["config_hash"], model["weights_hash"], model["parameters_hash"], str(lvlm.device),
+            tensor_digest)
 
 
 def inside_the_model(lvlm: "LVLM", tensor: "SecurityTensor | None" = None) -> tuple[dict[str, Any], "Figure"]:

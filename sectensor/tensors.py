@@ -34,13 +34,18 @@ _STRUCTURE_KEYS = (
     "intermediate_size", "vocab_size", "image_size", "patch_size", "image_token_id", "image_token_index",
 )
 
+_FINGERPRINT_WORDS = {"architecture": "their architectures", "config_hash": "their shapes",
+                      "weights_hash": "their token embeddings", "parameters_hash": "their weights"}
+
 
 def model_fingerprint(lvlm: "LVLM") -> dict[str, Any]:
     """What identifies a base model: architecture, id, sizes, and hashes of its structure and its weights.
 
     The structure hash covers only shape-defining config fields, so it does not change with library
-    versions; the weights hash (a corner of the token embedding, rounded to bfloat16) tells fine-tunes
-    of the same architecture apart and does not depend on the dtype the model was loaded in.
+    versions. The weights hash (a corner of the token embedding) tells apart models trained from different
+    starts; the parameters hash (a few values of every parameter) also tells apart fine-tunes that leave the
+    embedding as it was, such as a retrained projector or a merged LoRA. Both round to bfloat16, so neither
+    depends on the dtype the model was loaded in.
     """
     config = lvlm.model.config
     text_config = config.get_text_config()
@@ -60,7 +65,26 @@ def model_fingerprint(lvlm: "LVLM") -> dict[str, Any]:
         "image_shape": list(lvlm.adapter.visual_shape()),
         "config_hash": structure_hash,
         "weights_hash": weights_hash,
+        "parameters_hash": parameters_hash(lvlm.model),
     }
+
+
+def parameters_hash(model: torch.nn.Module) -> str:
+    """A hash of eight values from each of four rows of every parameter, rounded to bfloat16.
+
+    Each parameter's sample is hashed on its own and the digests are sorted, so the hash depends neither on the
+    order modules are registered in nor on their names (both move between library versions), and a weight kept
+    in another memory layout (`sectensor.lvlm` transposes them on CPUs) hashes the same.
+    """
+    digests = []
+    for parameter in model.parameters():
+        values = parameter.detach()
+        if values.dim() == 0:
+            values = values.reshape(1)
+        rows = torch.linspace(0, values.shape[0] - 1, min(4, values.shape[0])).long().to(values.device)
+        sample = values[rows].reshape(len(rows), -1)[:, :8].to("cpu", torch.bfloat16).float()
+        digests.append(hashlib.sha256(sample.numpy().tobytes() + str(tuple(values.shape)).encode()).hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
 
 class SecurityTensor(torch.nn.Module):
@@ -97,11 +121,15 @@ class SecurityTensor(torch.nn.Module):
             )
         if mine:
             theirs = model_fingerprint(lvlm)
-            differing = [key for key in ("architecture", "config_hash", "weights_hash") if mine.get(key) != theirs[key]]
+            checked = ["architecture", "config_hash", "weights_hash"]
+            if "parameters_hash" in mine:  # tensors saved before it existed are checked on the keys they have
+                checked.append("parameters_hash")
+            differing = [key for key in checked if mine.get(key) != theirs[key]]
             if differing:
                 raise TensorMismatchError(
                     f"this security tensor was made for {made_for} ({mine.get('architecture')}), "
-                    f"not for {lvlm.name_or_path} ({theirs['architecture']}): {', '.join(differing)} differ. "
+                    f"not for {lvlm.name_or_path} ({theirs['architecture']}): "
+                    f"{', '.join(_FINGERPRINT_WORDS[key] for key in differing)} differ ({', '.join(differing)}). "
                     f"Train a tensor for {lvlm.name_or_path}."
                 )
         lvlm._checked_tensor = self

@@ -103,7 +103,8 @@ class TrainingResult:
 def _sample_key(model: dict[str, Any], sample: Sample, max_new_tokens: int) -> str:
     """Cache key: model weights, picture bytes, prompt and answer length (a changed picture gets a new answer)."""
     picture = hashlib.sha256(Path(sample.image).read_bytes()).hexdigest() if sample.image else ""
-    material = json.dumps([model["config_hash"], model["weights_hash"], picture, sample.prompt, max_new_tokens])
+    material = json.dumps([model["config_hash"], model["weights_hash"], model["parameters_hash"], picture,
+                           sample.prompt, max_new_tokens])
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 

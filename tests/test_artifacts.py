@@ -22,7 +22,8 @@ def test_round_trip(tiny_llava, tmp_path, kind):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["kind"] == kind and config["shape"] == list(tensor.delta.shape)
     assert config["base_model"]["architecture"] == "LlavaForConditionalGeneration"
-    assert {"model_id", "config_hash", "weights_hash", "image_shape", "text_hidden_size"} <= set(config["base_model"])
+    assert {"model_id", "config_hash", "weights_hash", "parameters_hash", "image_shape", "text_hidden_size"} <= set(
+        config["base_model"])
     loaded = SecurityTensor.from_pretrained(tmp_path)
     assert type(loaded) is type(tensor) and torch.equal(loaded.delta, tensor.delta)
     loaded.check_compatible(tiny_llava)
@@ -66,9 +67,30 @@ def test_tensor_for_another_model_is_refused(tiny_llava, tmp_path_factory):
         tiny_llava.generate([None], ["hello"], tensor=tensor)
     assert str(other_dir) in str(error.value) and str(tiny_llava.name_or_path) in str(error.value)
 
+    # A copy that differs only in its projector (as a fine-tune of it would), embeddings unchanged.
+    retrained = sectensor.load_lvlm(tiny_llava.name_or_path, device="cpu")
+    with torch.no_grad():
+        retrained.model.model.multi_modal_projector.linear_2.weight.mul_(1.5)
+    mine = VisualSecurityTensor.zeros(tiny_llava)
+    with pytest.raises(sectensor.TensorMismatchError, match=r"their weights differ \(parameters_hash\)"):
+        mine.check_compatible(retrained)
+    # A tensor saved before the parameters hash existed is checked on the keys it has, as then.
+    older = VisualSecurityTensor.zeros(tiny_llava)
+    del older.fingerprint["parameters_hash"]
+    older.check_compatible(retrained)
+    older.check_compatible(tiny_llava)
+
     bigger = sectensor.load_lvlm(build_tiny_llava(tmp_path_factory.mktemp("bigger"), image_size=48), device="cpu")
     with pytest.raises(sectensor.TensorMismatchError, match=r"shape \(3, 32, 32\).*needs \(3, 48, 48\)"):
         VisualSecurityTensor.zeros(tiny_llava).check_compatible(bigger)
+
+
+def test_fingerprint_does_not_depend_on_dtype_or_memory_layout(tiny_llava):
+    from transformers import AutoModelForImageTextToText
+
+    # load_lvlm keeps CPU weights transposed and joined; a plain bfloat16 load keeps the checkpoint's layout.
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_llava.name_or_path, dtype=torch.bfloat16)
+    assert sectensor.tensors.parameters_hash(plain) == sectensor.model_fingerprint(tiny_llava)["parameters_hash"]
 
 
 def test_corrupt_config_and_missing_folder(tiny_llava, tmp_path):
