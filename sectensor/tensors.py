@@ -82,7 +82,7 @@ def parameters_hash(model: torch.nn.Module) -> str:
         if values.dim() == 0:
             values = values.reshape(1)
         rows = torch.linspace(0, values.shape[0] - 1, min(4, values.shape[0])).long().to(values.device)
-        sample = values[rows].reshape(len(rows), -1)[:, :8].to("cpu", torch.bfloat16).float()
+        sample = values.index_select(0, rows).reshape(len(rows), -1)[:, :8].to("cpu", torch.bfloat16).float()
         digests.append(hashlib.sha256(sample.numpy().tobytes() + str(tuple(values.shape)).encode()).hexdigest())
     return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
