@@ -65,8 +65,16 @@ def model_fingerprint(lvlm: "LVLM") -> dict[str, Any]:
         "image_shape": list(lvlm.adapter.visual_shape()),
         "config_hash": structure_hash,
         "weights_hash": weights_hash,
-        "parameters_hash": parameters_hash(lvlm.model),
+        "parameters_hash": _parameters_hash_of(lvlm),
     }
+
+
+def _parameters_hash_of(lvlm: "LVLM") -> str:
+    """`parameters_hash` of the model, computed once per loaded model (its weights are frozen): the app checks a tensor
+    again each time the user switches between δv and δt, and on a 7B model the hash reads ~700 parameters."""
+    if getattr(lvlm, "_parameters_hash", None) is None:
+        lvlm._parameters_hash = parameters_hash(lvlm.model)
+    return lvlm._parameters_hash
 
 
 def parameters_hash(model: torch.nn.Module) -> str:
