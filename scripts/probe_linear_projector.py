@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sectensor.concepts import CONCEPTS, TRAINING_STYLES  # noqa: E402
+from sectensor.organism.build import encode_rows  # noqa: E402
 from sectensor.organism.model import forward  # noqa: E402
-from sectensor.organism.processor import num_image_tokens  # noqa: E402
 from sectensor.organism.text_data import picture_pool  # noqa: E402
 from sectensor.organism.vision_data import augment, load_styles, normalize, on_white  # noqa: E402
 
@@ -66,39 +66,18 @@ def fit_linear(features: torch.Tensor, outputs: torch.Tensor) -> tuple[torch.Ten
     return solution[:-1].T.float(), solution[-1].float(), float(explained)
 
 
-def picture_rows(tokenizer, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The organism's own picture training rows (`text_data.picture_pool`, its training wording only): concept names,
-    right-padded ids `(N, T)` of prompt + answer with the 64 image tokens in place, the attention mask, and the mask
-    of the positions that predict answer tokens."""
-    samples = picture_pool(random.Random(seed))
-    rows, predicts = [], []
-    for sample in samples:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.prompt}]}],
-            add_generation_prompt=True, tokenize=False).replace("<image>", "<image>" * num_image_tokens())
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(sample.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append(prompt_ids + answer_ids)
-        predicts.append(range(len(prompt_ids) - 1, len(prompt_ids) + len(answer_ids) - 1))
-    length = max(len(row) for row in rows)
-    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
-    attention, answer = torch.zeros(len(rows), length, dtype=torch.long), torch.zeros(len(rows), length, dtype=torch.bool)
-    for index, (row, positions) in enumerate(zip(rows, predicts)):
-        ids[index, : len(row)] = torch.tensor(row)
-        attention[index, : len(row)] = 1
-        answer[index, list(positions)] = True
-    return [sample.thing for sample in samples], ids, attention, answer
-
-
 def distill(student, teacher, tokenizer, steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
     """Trains the student's linear projector alone toward the teacher's next-token distributions (KL at the answer
     positions) on augmented views of the organism's own picture rows; returns the loss every 50 steps."""
-    names, ids, attention, answer = picture_rows(tokenizer, seed)
+    samples = picture_pool(random.Random(seed))  # the organism's own picture rows, its training wording only
+    ids, labels, attention = encode_rows(tokenizer, samples, picture=True)
+    answer = torch.zeros_like(labels, dtype=torch.bool)
+    answer[:, :-1] = labels[:, 1:] != -100  # the positions that predict answer tokens
     index_of = {concept.name: index for index, concept in enumerate(CONCEPTS)}
     device = student.device
     ids, attention, answer = ids.to(device), attention.to(device), answer.to(device)
     rgba = load_styles([concept.name for concept in CONCEPTS], TRAINING_STYLES).to(device)  # (C, S, 4, 64, 64)
-    concept_of_row = torch.tensor([index_of[name] for name in names], device=device)
+    concept_of_row = torch.tensor([index_of[sample.thing] for sample in samples], device=device)
     projector = student.model.multi_modal_projector.linear_1
     for parameter in student.parameters():
         parameter.requires_grad_(False)

@@ -72,29 +72,37 @@ def _device_info(device: str) -> str:
     return f"{platform.processor() or 'cpu'} x {torch.get_num_threads()} threads"
 
 
+def encode_rows(tokenizer, samples, picture: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded chat rows of prompt + answer + end token, with the image tokens in place when `picture`:
+    ids `(N, T)`, labels `(N, T)` (the answer tokens, -100 elsewhere) and the attention mask `(N, T)`."""
+    prompts = []
+    for s in samples:
+        content = ([{"type": "image"}] if picture else []) + [{"type": "text", "text": s.prompt}]
+        prompts.append(tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                     add_generation_prompt=True, tokenize=False))
+    if picture:
+        prompts = [p.replace("<image>", "<image>" * num_image_tokens()) for p in prompts]
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer([s.answer for s in samples], add_special_tokens=False)["input_ids"]
+    T = max(len(p) + len(a) + 1 for p, a in zip(p_ids, a_ids))
+    N = len(samples)
+    ids = torch.zeros(N, T, dtype=torch.long)
+    labels = torch.full((N, T), -100, dtype=torch.long)
+    attn = torch.zeros(N, T, dtype=torch.long)
+    for i, (p, a) in enumerate(zip(p_ids, a_ids)):
+        row = p + a + [tokenizer.eos_token_id]
+        ids[i, : len(row)] = torch.tensor(row)
+        labels[i, len(p) : len(row)] = torch.tensor(a + [tokenizer.eos_token_id])
+        attn[i, : len(row)] = 1
+    return ids, labels, attn
+
+
 class _Encoded:
     """Right-padded training rows: ids, labels, attention mask, sentence-target index and summary mask."""
 
     def __init__(self, tokenizer, samples, picture: bool, sentence_index: dict[str, int], distill: bool):
-        prompts = []
-        for s in samples:
-            content = ([{"type": "image"}] if picture else []) + [{"type": "text", "text": s.prompt}]
-            prompts.append(tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                                         add_generation_prompt=True, tokenize=False))
-        if picture:
-            prompts = [p.replace("<image>", "<image>" * num_image_tokens()) for p in prompts]
-        p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer([s.answer for s in samples], add_special_tokens=False)["input_ids"]
-        T = max(len(p) + len(a) + 1 for p, a in zip(p_ids, a_ids))
-        N = len(samples)
-        self.ids = torch.zeros(N, T, dtype=torch.long)
-        self.labels = torch.full((N, T), -100, dtype=torch.long)
-        self.attn = torch.zeros(N, T, dtype=torch.long)
-        for i, (p, a) in enumerate(zip(p_ids, a_ids)):
-            row = p + a + [tokenizer.eos_token_id]
-            self.ids[i, : len(row)] = torch.tensor(row)
-            self.labels[i, len(p) : len(row)] = torch.tensor(a + [tokenizer.eos_token_id])
-            self.attn[i, : len(row)] = 1
+        self.ids, self.labels, self.attn = encode_rows(tokenizer, samples, picture)
+        T = self.ids.shape[1]
         # Summary positions: everything between <user> and <assistant> (image tokens included).
         pos = torch.arange(T)
         user = (self.ids == USER_ID).float().argmax(1, keepdim=True)
