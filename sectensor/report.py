@@ -812,16 +812,25 @@ def selection_note(recipe: str, run: str, recipe_runs: list[dict[str, Any]]) -> 
             f"deviation, %): {'; '.join(means)}. docs/results.md has every recipe over several seeds.\n")
 
 
-def ship(chosen: dict[str, tuple[Path, float]], collected: dict[str, Any]) -> None:
+def ship(chosen: dict[str, tuple[Path, float]], collected: dict[str, Any], model: str = MODEL) -> None:
     """Copy each chosen tensor into assets/tensors/, with a card holding its measured numbers and its recipe's mean
-    over the runs in `collected` (`collect`'s table)."""
-    from .card import tensor_card
-    from .tensors import SecurityTensor
+    over the runs in `collected` (`collect`'s table).
 
+    A run saved before fingerprints held `parameters_hash` is checked against `model` on the keys it has, then
+    shipped with the model's parameters hash, so that a shipped tensor is always refused on a fine-tune of it."""
+    from .card import tensor_card
+    from .lvlm import load_lvlm
+    from .tensors import SecurityTensor, model_fingerprint
+
+    base = None
     for kind, (run_dir, _) in chosen.items():
         target = SHIPPED[kind]
-        target.mkdir(parents=True, exist_ok=True)
         tensor = SecurityTensor.from_pretrained(run_dir)
+        if tensor.fingerprint and "parameters_hash" not in tensor.fingerprint:
+            base = base or load_lvlm(model, device="cpu")
+            tensor.check_compatible(base)
+            tensor.fingerprint["parameters_hash"] = model_fingerprint(base)["parameters_hash"]
+        target.mkdir(parents=True, exist_ok=True)
         evaluation = json.loads((run_dir / EVAL_NAME).read_text())
         evaluation = {"data": TESTS, "splits": evaluation["splits"]}  # per-answer records stay in the run folder
         held_out = None
@@ -874,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     collected = collect(args.runs, recipes, args.seeds)
     chosen = choose(collected)
     if args.ship:
-        ship(chosen, collected)
+        ship(chosen, collected, args.model)
     out = write_docs(collected, args.docs, args.seeds, args.cpu_run, chosen)
     print(f"wrote {out}")
     return 0

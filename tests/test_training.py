@@ -942,6 +942,40 @@ def test_shipping_writes_the_held_out_style_into_the_card_and_drops_a_stale_one(
     assert "drawing style nothing trained on" not in (target / "README.md").read_text()
 
 
+def test_shipping_a_tensor_saved_before_the_parameters_hash_adds_it_after_checking_the_keys_it_has(
+        tiny_llava, tiny_llava_dir, tmp_path, monkeypatch):
+    from sectensor import report
+    from sectensor.errors import TensorMismatchError
+    from sectensor.tensors import model_fingerprint
+
+    splits = {"gbt": {"n": 1, "false_refusal_rate": 0.0, "accuracy": 1.0,
+                      "outcomes": {"refused": 0, "correct": 1, "wrong_object": 0, "other": 0}}}
+
+    def older_run(name: str, **fingerprint_changes) -> Path:
+        run_dir = tmp_path / "recipe" / name
+        VisualSecurityTensor.zeros(tiny_llava).save_pretrained(run_dir)
+        config = json.loads((run_dir / "config.json").read_text())
+        del config["base_model"]["parameters_hash"]
+        config["base_model"].update(fingerprint_changes)
+        (run_dir / "config.json").write_text(json.dumps(config))
+        (run_dir / report.EVAL_NAME).write_text(json.dumps({"splits": splits, "samples": []}))
+        return run_dir
+
+    target = tmp_path / "shipped"
+    monkeypatch.setattr(report, "SHIPPED", {"visual": target})
+    same, other = older_run("same"), older_run("other", weights_hash="0" * 16)
+    collected = {"table": {"recipe": {"runs": [report._load(same)]}}}
+
+    report.ship({"visual": (same, 1.0)}, collected, str(tiny_llava_dir))
+    shipped = json.loads((target / "config.json").read_text())["base_model"]
+    assert shipped["parameters_hash"] == model_fingerprint(tiny_llava)["parameters_hash"]
+    assert SecurityTensor.from_pretrained(target).fingerprint == model_fingerprint(tiny_llava)
+    (target / "config.json").unlink()
+    with pytest.raises(TensorMismatchError, match="weights_hash"):  # made for another model: not shipped
+        report.ship({"visual": (other, 1.0)}, collected, str(tiny_llava_dir))
+    assert not (target / "config.json").exists()
+
+
 def test_loss_and_tensor_figures_are_written(tmp_path):
     from sectensor.plots import plot_losses, plot_visual_tensor
 
