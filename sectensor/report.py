@@ -827,7 +827,8 @@ def ship(chosen: dict[str, tuple[Path, float]], collected: dict[str, Any], model
         target = SHIPPED[kind]
         tensor = SecurityTensor.from_pretrained(run_dir)
         if tensor.fingerprint and "parameters_hash" not in tensor.fingerprint:
-            base = base or load_lvlm(model, device="cpu")
+            if base is None:
+                base = load_lvlm(model, device="cpu")
             tensor.check_compatible(base)
             tensor.fingerprint["parameters_hash"] = model_fingerprint(base)["parameters_hash"]
         target.mkdir(parents=True, exist_ok=True)
