@@ -5,6 +5,7 @@
     python bench/bench_training.py --gaps-only --trace t.json  # when the GPU waits for the CPU (and a trace)
     python bench/bench_training.py --placements-only         # compiled δt before the text against before the picture
     python bench/bench_training.py --kinds visual --no-eager --batch-sizes 12   # δv's goal alone: reference + compiled δv
+    python bench/bench_training.py --kinds visual --no-eager --batch-sizes 12 --attention-first default flash default flash
     python bench/bench_training.py --tiny                    # a quick check of the script on CPU
 
 Reference style (the public research scripts): batch 1, float32 weights, a deep copy of the inputs every
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from PIL import Image
 
@@ -222,6 +224,17 @@ def trajectory(lvlm, rows, batch_size: int, steps: int, straightforward: bool) -
     return losses
 
 
+def attention_first(backend: str):
+    """SDPA tries `backend` first, then torch's other fused backends, then the plain one."""
+    if backend == "default":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    chosen = getattr(SDPBackend, f"{backend.upper()}_ATTENTION")
+    return sdpa_kernel([chosen, *(other for other in order if other != chosen), SDPBackend.MATH], set_priority=True)
+
+
 def free(lvlm) -> None:
     del lvlm.model
     gc.collect()
@@ -240,6 +253,10 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=["visual", "textual"], default=["visual", "textual"],
                         help="which tensors' loops to time (δt's compiled passes take minutes to compile)")
     parser.add_argument("--no-eager", action="store_true", help="time only the compiled loops (the default on GPUs)")
+    parser.add_argument("--attention-first", nargs="+", default=["default"],
+                        choices=["default", "cudnn", "flash", "efficient"],
+                        help="the SDPA backend tried first in the compiled loops (`default`: torch's own order); several "
+                             "values time each compiled loop once per value, in that order, compiling afresh each time")
     parser.add_argument("--placements-only", action="store_true",
                         help="only compiled δt (100 tokens) before the user's text and before the picture, at each batch size")
     args = parser.parse_args()
@@ -282,13 +299,18 @@ def main() -> None:
     plans += [(rows, size, "visual", True) for size in args.batch_sizes]
     plans += [(textual_rows, size, "textual", True) for size in (args.batch_sizes[0], args.batch_sizes[-1])]
     plans = [plan for plan in plans if plan[2] in args.kinds and (plan[3] or not args.no_eager)]
+    plans = [(*plan, first) for plan in plans for first in (args.attention_first if plan[3] else ["default"])]
     runs = results["ours"] = []
-    for plan_rows, batch_size, kind, compiled in plans:
+    for plan_rows, batch_size, kind, compiled, first in plans:
         try:
-            with lvlm.compiled_blocks() if compiled else nullcontext():
+            if compiled and len(args.attention_first) > 1:
+                torch._dynamo.reset()  # compiled graphs fix their attention backend when traced
+            with attention_first(first), lvlm.compiled_blocks() if compiled else nullcontext():
                 runs.append(our_loop(lvlm, plan_rows, batch_size, args.steps, kind, compiled))
         except torch.OutOfMemoryError:
             runs.append({"batch_size": batch_size, "kind": kind, "compiled": compiled, "error": "out of memory"})
+        if first != "default":
+            runs[-1]["attention_first"] = first
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
